@@ -105,7 +105,8 @@ def export_text_encoder(directory: Path, preset: str = BUNDLED_MINILM,
                 path, sequence_length=sequence_length)
         except Exception as e:  # keras-hub raises many kinds for a bad preset
             raise EncoderError(f"cannot load BERT preset '{preset}': {e}") from None
-    spec = {k: tf.TensorSpec([None, sequence_length], tf.int32) for k in TOKEN_KEYS}
+    # Any length up to sequence_length: `TextEncoder` trims each batch to its longest text.
+    spec = {k: tf.TensorSpec([None, None], tf.int32) for k in TOKEN_KEYS}
     encoder = _Encoder(backbone)
     encoder.__call__ = tf.function(encoder.__call__)
     for training in (False, True):  # hub.KerasLayer needs both traces
@@ -157,14 +158,20 @@ class TextEncoder:
             stored = np.load(self._cache_path, allow_pickle=False)
             self._cache = dict(zip(stored["keys"].tolist(), stored["values"]))
 
-    @tf.function(reduce_retracing=True)
     def _encode_batch(self, texts):
-        return self.encoder(self.preprocessor(texts), training=False)
+        tokens = self.preprocessor(texts)
+        # Padding changes nothing under the attention mask and the masked mean, so a batch
+        # is cut to its longest text: short texts (titles, contexts) encode several times
+        # faster than at the full sequence length.
+        length = int(tf.reduce_max(tf.reduce_sum(tokens["padding_mask"], axis=1)))
+        return self.encoder({k: v[:, :length] for k, v in tokens.items()}, training=False)
 
     def encode(self, texts: Iterable[str], progress: bool = True) -> np.ndarray:
         """texts -> [len(texts), hidden] float32, each unique text encoded at most once."""
         texts = [str(t) for t in texts]
-        missing = sorted({t for t in texts if _key(t) not in self._cache})
+        # Sorted by length, so that a batch holds texts of similar length.
+        missing = sorted({t for t in texts if _key(t) not in self._cache},
+                         key=lambda t: (len(t), t))
         if missing:
             batches = range(0, len(missing), self.batch_size)
             if progress:

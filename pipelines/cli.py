@@ -1,0 +1,84 @@
+"""The `towerrec` command: one subcommand per pipeline step, each taking --config."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import List, Optional
+
+from pipelines.config import ConfigError, load_config
+from pipelines.data import DataError
+
+
+def _train(args) -> int:
+    from pipelines.train import train
+
+    config = load_config(args.config, _overrides(args))
+    started = time.time()
+    train(config)
+    print(f"trained in {time.time() - started:.0f}s; model in {config.run_path / 'model'}, "
+          f"TensorBoard logs in {config.run_path / 'logs'}")
+    if args.evaluate:
+        return _evaluate(args)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from pipelines.evaluate import METRIC_NOTE, evaluate_run, markdown_table
+    from pipelines.train import load_run
+
+    config = load_config(args.config, _overrides(args))
+    metrics = evaluate_run(load_run(config))
+    table = markdown_table({config.name: metrics})
+    print(table)
+    print(f"\n{METRIC_NOTE}")
+    (config.run_path / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    (config.run_path / "evaluation.md").write_text(table + f"\n\n{METRIC_NOTE}\n")
+    return 0
+
+
+def _overrides(args) -> dict:
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        import yaml
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="towerrec", description="BERT two-tower retrieval on TensorFlow Recommenders.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, handler, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help="YAML run config (default: MovieLens-100K)")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set training.epochs=3")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    train = command("train", _train, "Train the two towers (progress per epoch, "
+                    "TensorBoard logs and checkpoints in the run folder).")
+    train.add_argument("--evaluate", action="store_true", help="evaluate after training")
+    command("evaluate", _evaluate, "Recall@10, Recall@100 and NDCG@10 per split over the "
+            "full catalogue, as a markdown table.")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from towers.text_encoder import EncoderError
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError, EncoderError, FileNotFoundError) as e:
+        print(f"towerrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

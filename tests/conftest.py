@@ -1,0 +1,55 @@
+"""Shared fixtures: real MovieLens-100K, a tiny random BERT, a small real-data slice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import towers  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from pipelines.config import load_config
+from pipelines.movielens import load_movielens_100k
+from towers.text_encoder import export_text_encoder, resolve_preset, tiny_bert
+
+
+@pytest.fixture(scope="session")
+def movielens():
+    return load_movielens_100k()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BERT over the real MiniLM WordPiece vocabulary."""
+    vocabulary = (Path(resolve_preset("bundled-minilm")) / "vocab.txt").read_text().split("\n")
+    vocabulary = [v for v in vocabulary if v]
+    backbone, preprocessor = tiny_bert(vocabulary, sequence_length=32)
+    return export_text_encoder(tmp_path_factory.mktemp("encoders") / "tiny",
+                               sequence_length=32, backbone=backbone,
+                               preprocessor=preprocessor)
+
+
+@pytest.fixture(scope="session")
+def movielens_slice(movielens, tmp_path_factory) -> Path:
+    """The first 300 users of MovieLens-100K as CSV files in the generic schema."""
+    folder = tmp_path_factory.mktemp("slice")
+    inter = movielens.interactions
+    inter = inter[inter["user_id"].astype(int) <= 300]
+    inter.to_csv(folder / "interactions.csv", index=False)
+    movielens.items.rename(columns={"text": "title"}).to_csv(folder / "items.csv", index=False)
+    return folder
+
+
+def slice_config(folder: Path, run_dir: Path, **overrides):
+    values = {
+        "run_dir": str(run_dir),
+        "data.source": "csv",
+        "data.interactions": str(folder / "interactions.csv"),
+        "data.items": str(folder / "items.csv"),
+        "data.rating_column": "rating",
+        "data.context_column": "context_text",
+        "data.text_columns": ["title"],
+        "data.categorical_columns": ["genres"],
+        "data.numeric_columns": ["year"],
+        "encoder.sequence_length": 32,
+    }
+    values.update(overrides)
+    return load_config(None, values)

@@ -1,0 +1,127 @@
+"""Data sources and validation: clear errors before any training starts."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import ConfigError, load_config
+from pipelines.data import DataError, load_dataset
+from pipelines.movielens import load_movielens_100k
+
+ITEMS = pd.DataFrame({"item_id": ["a", "b", "c"],
+                      "title": ["Alien", "Heat", "Up"],
+                      "genres": ["Horror|Sci-Fi", "Crime", "Animation"],
+                      "year": [1979, 1995, 2009]})
+INTERACTIONS = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "c"],
+                             "timestamp": [1, 2, 3]})
+
+
+def config_for(tmp_path, interactions=INTERACTIONS, items=ITEMS, fmt="csv", **data):
+    paths = {}
+    for name, frame in (("interactions", interactions), ("items", items)):
+        path = tmp_path / f"{name}.{fmt}"
+        if isinstance(frame, str):
+            path.write_text(frame)
+        elif fmt == "parquet":
+            frame.to_parquet(path)
+        else:
+            frame.to_csv(path, index=False)
+        paths[name] = str(path)
+    values = {"data.source": fmt, "data.interactions": paths["interactions"],
+              "data.items": paths["items"], "data.categorical_columns": ["genres"],
+              "data.numeric_columns": ["year"], "run_dir": str(tmp_path / "run")}
+    values.update({f"data.{k}": v for k, v in data.items()})
+    return load_config(None, values)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_generic_source_reads_typed_frames(tmp_path, fmt):
+    dataset = load_dataset(config_for(tmp_path, fmt=fmt))
+    assert list(dataset.interactions["item_id"]) == ["a", "b", "c"]
+    assert dataset.interactions["timestamp"].dtype == "int64"
+    assert dataset.items.set_index("item_id").loc["a", "genres"] == "Horror|Sci-Fi"
+    assert dataset.items["year"].dtype == "float64"
+
+
+def test_missing_column_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"missing column\(s\) \['timestamp'\]"):
+        load_dataset(config_for(tmp_path, INTERACTIONS.drop(columns="timestamp")))
+    with pytest.raises(DataError, match=r"items file .* missing column\(s\) \['genres'\]"):
+        load_dataset(config_for(tmp_path, items=ITEMS.drop(columns="genres")))
+
+
+def test_wrong_type_is_named(tmp_path):
+    items = ITEMS.assign(year=["1979", "soon", "2009"])
+    with pytest.raises(DataError, match=r"column 'year' must be numeric.*'soon'"):
+        load_dataset(config_for(tmp_path, items=items))
+    inter = INTERACTIONS.assign(timestamp=["1", "yesterday-ish", "3"])
+    with pytest.raises(DataError, match=r"'timestamp' must be a number or a date"):
+        load_dataset(config_for(tmp_path, inter))
+
+
+def test_unknown_item_in_interactions(tmp_path):
+    inter = pd.concat([INTERACTIONS, pd.DataFrame(
+        {"user_id": ["u3"], "item_id": ["zz"], "timestamp": [4]})])
+    with pytest.raises(DataError, match=r"not in the items file, e\.g\. \['zz'\]"):
+        load_dataset(config_for(tmp_path, inter))
+
+
+def test_empty_files(tmp_path):
+    with pytest.raises(DataError, match="interactions file is empty"):
+        load_dataset(config_for(tmp_path, ""))
+    with pytest.raises(DataError, match="items file has no rows"):
+        load_dataset(config_for(tmp_path, items="item_id,title,genres,year\n"))
+
+
+def test_unknown_config_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        load_config(None, {"training.epoch": 3})
+
+
+def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
+    config = config_for(tmp_path, INTERACTIONS.drop(columns="user_id"))
+    path = tmp_path / "config.yaml"
+    import yaml
+    from pipelines.config import to_dict
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing column(s) ['user_id']" in err and "Traceback" not in err
+
+
+def test_movielens_from_recbole_wheel(movielens):
+    assert len(movielens.interactions) == 100_000
+    assert movielens.interactions["user_id"].nunique() == 943
+    assert len(movielens.items) == 1682
+    first = movielens.interactions.iloc[0]
+    assert first["context_text"] == "a 49 year old man, writer, Thursday afternoon"
+    toy_story = movielens.items.set_index("item_id").loc["1"]
+    assert toy_story["text"] == "Toy Story (1995). Animation, Children's, Comedy"
+
+
+def test_movielens_from_grouplens_folder(movielens, tmp_path):
+    """The GroupLens layout (u.data, u.item, u.user) gives the same dataset."""
+    inter = movielens.interactions
+    (tmp_path / "u.data").write_text("".join(
+        f"{u}\t{i}\t{int(r)}\t{t}\n" for u, i, r, t in
+        zip(inter.user_id, inter.item_id, inter.rating, inter.timestamp)))
+    genres = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
+              "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
+              "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+    items = movielens.items
+    lines = []
+    for item_id, text, item_genres, year in zip(items.item_id, items.text, items.genres,
+                                                 items.year):
+        title = text.split(". ")[0]
+        date = f"01-Jan-{int(year)}" if year == year else ""
+        flags = "|".join("1" if g in item_genres.split("|") else "0" for g in genres)
+        lines.append(f"{item_id}|{title}|{date}||http://x|{flags}\n")
+    (tmp_path / "u.item").write_text("".join(lines), encoding="latin-1")
+    import io
+    from pipelines.movielens import _read_files
+    users = pd.read_csv(io.BytesIO(_read_files("")["ml-100k.user"]), sep="\t", dtype=str)
+    (tmp_path / "u.user").write_text("".join("|".join(row) + "\n" for row in users.values))
+    grouplens = load_movielens_100k(str(tmp_path))
+    pd.testing.assert_frame_equal(grouplens.interactions, movielens.interactions)
+    assert (grouplens.items["text"] == movielens.items["text"]).mean() > 0.99

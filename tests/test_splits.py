@@ -1,0 +1,69 @@
+"""Split invariants on real MovieLens-100K."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines.config import load_config
+from pipelines.splits import get_splits, load_splits, make_splits
+
+
+@pytest.fixture(scope="module")
+def splits(movielens):
+    return make_splits(movielens, load_config(None))
+
+
+def test_every_interaction_lands_in_exactly_one_split(splits, movielens):
+    assert sum(len(f) for f in splits.values()) == len(movielens.interactions)
+
+
+def test_no_cold_user_in_train(splits):
+    cold = set(splits["cold_user"]["user_id"])
+    assert 80 <= len(cold) <= 110  # about 10% of 943
+    assert not cold & set(splits["train"]["user_id"])
+    assert not cold & set(splits["warm"]["user_id"])
+    assert not cold & set(splits["cold_item"]["user_id"])
+
+
+def test_no_cold_item_in_train(splits):
+    cold = set(splits["cold_item"]["item_id"])
+    assert cold
+    assert not cold & set(splits["train"]["item_id"])
+    assert not cold & set(splits["warm"]["item_id"])
+
+
+def test_warm_split_is_temporal_per_user(splits):
+    last_train = splits["train"].groupby("user_id")["timestamp"].max()
+    first_test = splits["warm"].groupby("user_id")["timestamp"].min()
+    both = pd.concat([last_train, first_test], axis=1, join="inner")
+    assert len(both) > 800
+    assert (both.iloc[:, 0] <= both.iloc[:, 1]).all()
+    assert set(splits["warm"]["user_id"]) <= set(splits["train"]["user_id"])
+
+
+def test_splits_are_seeded(movielens, splits):
+    again = make_splits(movielens, load_config(None))
+    for name in splits:
+        pd.testing.assert_frame_equal(splits[name], again[name])
+    other = make_splits(movielens, load_config(None, {"split.seed": 1}))
+    assert set(other["cold_user"]["user_id"]) != set(splits["cold_user"]["user_id"])
+
+
+def test_splits_are_saved_and_reused(movielens, tmp_path):
+    config = load_config(None, {"run_dir": str(tmp_path)})
+    first = get_splits(movielens, config)
+    assert (tmp_path / "splits" / "summary.json").exists()
+    reloaded = load_splits(tmp_path / "splits")
+    for name in first:
+        pd.testing.assert_frame_equal(first[name], reloaded[name])
+
+
+def test_explicit_train_and_test_files(movielens, splits, tmp_path):
+    splits["train"].to_csv(tmp_path / "train.csv", index=False)
+    splits["warm"].to_csv(tmp_path / "test.csv", index=False)
+    config = load_config(None, {"run_dir": str(tmp_path / "run"),
+                                "split.train_file": str(tmp_path / "train.csv"),
+                                "split.test_files": {"mine": str(tmp_path / "test.csv")}})
+    given = make_splits(movielens, config)
+    assert set(given) == {"train", "mine"}
+    assert len(given["mine"]) == len(splits["warm"])
