@@ -109,7 +109,7 @@ def _load_tabular(data: DataConfig) -> Dataset:
 
     timestamps = inter[data.timestamp_column]
     if not pd.api.types.is_numeric_dtype(timestamps):
-        parsed = pd.to_datetime(timestamps, errors="coerce", utc=True)
+        parsed = pd.to_datetime(timestamps, errors="coerce", utc=True, format="mixed")
         if parsed.isna().any():
             row = int(parsed.isna().idxmax())
             raise DataError(
