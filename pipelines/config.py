@@ -82,6 +82,7 @@ class TowerConfig:
     user_id_dropout: float = 0.3
     history_dropout: float = 0.1
     item_id_dropout: float = 0.3
+    context_dropout: float = 0.5
     dropout: float = 0.1
 
 

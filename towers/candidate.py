@@ -43,5 +43,5 @@ class CandidateTower(tf.keras.Model):
                  self.text(features["item_text"], training=training)]
         parts += [layer(features[name]) for name, layer in sorted(self.categorical.items())]
         parts += [layer(features[name]) for name, layer in sorted(self.numeric.items())]
-        return tf.math.l2_normalize(self.head(tf.concat(parts, axis=1), training=training),
-                                    axis=1)
+        x = tf.concat(parts, axis=1)
+        return tf.math.l2_normalize(self.head(x, training=training), axis=1)

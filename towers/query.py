@@ -28,7 +28,8 @@ class QueryTower(tf.keras.Model):
     def __init__(self, user_vocabulary: Sequence[str], item_lookup, item_id_embedding,
                  catalogue_ids: Sequence[str], catalogue_text_table: np.ndarray, embedding_dim: int, hidden_dim: int,
                  id_embedding_dim: int, user_id_dropout: float, history_dropout: float,
-                 dropout: float, text_encoder=None, **kwargs):
+                 dropout: float, context_dropout: float = 0.0, text_encoder=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.user_lookup = string_lookup(user_vocabulary)
         self.user_embedding = tf.keras.layers.Embedding(
@@ -40,6 +41,9 @@ class QueryTower(tf.keras.Model):
         self.catalogue_text_table = tf.constant(
             np.concatenate([padding, catalogue_text_table]), tf.float32)
         self.context = TextVector(text_encoder)
+        # A user's context sentences are nearly unique to them: without this noise the
+        # tower memorizes users through their context and generalizes worse to new ones.
+        self.context_dropout = tf.keras.layers.Dropout(context_dropout)
         self.user_id_dropout = user_id_dropout
         self.history_dropout = history_dropout
         self.head = mlp(hidden_dim, embedding_dim, dropout, "query_head")
@@ -63,6 +67,7 @@ class QueryTower(tf.keras.Model):
 
         x = tf.concat([
             self.user_embedding(user), history_ids, history_text,
-            self.context(features["context"], training=training),
+            self.context_dropout(self.context(features["context"], training=training),
+                                 training=training),
             tf.math.log1p(count)], axis=1)
         return tf.math.l2_normalize(self.head(x, training=training), axis=1)

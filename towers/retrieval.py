@@ -68,8 +68,9 @@ def build_two_tower(vocabularies: Vocabularies, catalogue_text_table: np.ndarray
         vocabularies.user_ids, item_lookup, item_id_embedding, vocabularies.catalogue_ids,
         catalogue_text_table, embedding_dim=c.embedding_dim, hidden_dim=c.hidden_dim,
         id_embedding_dim=c.id_embedding_dim, user_id_dropout=c.user_id_dropout,
-        history_dropout=c.history_dropout, dropout=c.dropout, text_encoder=text_encoder,
-        name="query_tower")
+        history_dropout=c.history_dropout, dropout=c.dropout,
+        context_dropout=c.context_dropout,
+        text_encoder=text_encoder, name="query_tower")
     candidate_tower = CandidateTower(
         item_lookup, item_id_embedding, vocabularies.categorical, vocabularies.numeric,
         embedding_dim=c.embedding_dim, hidden_dim=c.hidden_dim,
