@@ -77,7 +77,8 @@ def als(run: Run) -> Dict[str, Scorer]:
         shape=(len(user_of), n_items))
     matrix.data = np.minimum(matrix.data, 1.0)  # duplicates count once
     scorers = {}
-    for factors, reg, alpha in itertools.product((32, 64, 128), (0.01, 0.1, 1.0), (1.0, 10.0)):
+    for factors, reg, alpha in itertools.product(
+            (16, 32, 64, 128), (0.01, 0.1, 1.0, 10.0, 100.0), (1.0, 10.0, 40.0)):
         model = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha,
                                         iterations=15, random_state=0)
         model.fit(matrix, show_progress=False)
@@ -144,7 +145,7 @@ def content(run: Run) -> Dict[str, Scorer]:
     histories = {u: _rows(run, items, "item_id")
                  for u, items in train.groupby("user_id")["item_id"]}
     scorers = {}
-    for length in (5, 20, 50, 10_000):
+    for length in (1, 2, 5, 10, 20, 50, 10_000):
         def score(q, length=length):
             context = run.text_inputs.embed(q.context_text)
             users = np.stack([

@@ -5,7 +5,10 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
+
+import numpy as np
 
 from pipelines.config import ConfigError, load_config
 from pipelines.data import DataError
@@ -38,6 +41,36 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _index(args) -> int:
+    from pipelines.evaluate import candidate_embeddings, query_embeddings, split_queries
+    from pipelines.index import INDEX_DIR, Index, build_index, recall_against_exact
+    from pipelines.train import load_run
+
+    config = load_config(args.config, _overrides(args))
+    run = load_run(config)
+    directory = config.run_path / INDEX_DIR
+    settings = build_index(candidate_embeddings(run), run.catalogue["item_id"], directory)
+    index = Index(directory)
+    queries = query_embeddings(run, split_queries(run, "warm"))
+    found, _ = index.search(queries, 10)
+    exact, _ = index.brute_force(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    print(f"index of {len(index.item_ids)} items in {directory}: {settings}")
+    print(f"recall@10 against exact search on {len(queries)} warm queries: {recall:.3f}")
+    return 0
+
+
+def _export(args) -> int:
+    from pipelines.export import export_models
+    from pipelines.train import load_run
+
+    config = load_config(args.config, _overrides(args))
+    written = export_models(load_run(config), Path(args.model_base_path))
+    for name, path in written.items():
+        print(f"{name:24s} {path}")
+    return 0
+
+
 def _overrides(args) -> dict:
     overrides = {}
     for item in args.set or []:
@@ -67,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--evaluate", action="store_true", help="evaluate after training")
     command("evaluate", _evaluate, "Recall@10, Recall@100 and NDCG@10 per split over the "
             "full catalogue, as a markdown table.")
+    command("index", _index, "Embed the catalogue and build its ScaNN index (brute force "
+            "below 20k items, tree + asymmetric hashing above).")
+    export = command("export", _export, "Write the SavedModels in the TF Serving layout "
+                     "<model-base-path>/<model>/<version>/.")
+    export.add_argument("--model-base-path", default="models",
+                        help="TF Serving model base path (default: models)")
     return parser
 
 
