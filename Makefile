@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/towerrec
+export TOWERREC_CACHE := $(CACHE)
 CONFIG ?= configs/movielens.yaml
 
 .PHONY: setup demo test benchmark clean

@@ -85,7 +85,8 @@ def build_index(candidate_embeddings: np.ndarray, item_ids, directory: Path,
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "scann").mkdir(parents=True)
-    searcher.serialize(str(tmp / "scann"))
+    # Relative asset paths: the folder is renamed into place after this.
+    searcher.serialize(str(tmp / "scann"), relative_path=True)
     np.save(tmp / "candidate_embeddings.npy", candidate_embeddings.astype(np.float32))
     (tmp / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2))

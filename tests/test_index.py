@@ -1,0 +1,52 @@
+"""The ScaNN index: configuration by catalogue size, recall against exact search."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.index import (Index, build_index, exact_top_k, recall_against_exact,
+                             scann_settings)
+
+
+def normalized(n, dim, seed, clusters=64):
+    """Unit vectors around `clusters` centres: trained embeddings are clustered, not
+    uniform on the sphere (the worst case for any partitioning)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(size=(clusters, dim))
+    x = centres[rng.integers(clusters, size=n)] + 0.5 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_settings_follow_catalogue_size():
+    assert scann_settings(1682)["mode"] == "brute_force"
+    big = scann_settings(1_000_000)
+    assert big["mode"] == "tree_ah" and big["num_leaves"] == 1000
+    assert big["reorder"] >= 100 and big["dimensions_per_block"] == 2
+
+
+def test_brute_force_index_is_exact(tmp_path):
+    items = normalized(2000, 32, 0)
+    queries = normalized(50, 32, 1)
+    build_index(items, [f"item{i}" for i in range(2000)], tmp_path / "index", k=10)
+    index = Index(tmp_path / "index")
+    ids, scores = index.search(queries, 10)
+    exact_ids, exact_scores = index.brute_force(queries, 10)
+    np.testing.assert_array_equal(ids, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+
+
+def test_partitioned_index_recall(tmp_path):
+    items = normalized(30_000, 32, 2)
+    queries = normalized(200, 32, 3)
+    settings = build_index(items, np.arange(30_000).astype(str), tmp_path / "index", k=10)
+    assert settings["mode"] == "tree_ah" and settings["num_leaves"] == 173
+    index = Index(tmp_path / "index")
+    ids, _ = index.search(queries, 10)
+    recall = recall_against_exact(ids.astype(int), exact_top_k(queries, items, 10))
+    assert recall >= 0.9, recall
+
+
+def test_rebuilding_replaces_the_index_whole(tmp_path):
+    build_index(normalized(100, 8, 4), np.arange(100).astype(str), tmp_path / "index")
+    build_index(normalized(120, 8, 5), np.arange(120).astype(str), tmp_path / "index")
+    assert len(Index(tmp_path / "index").item_ids) == 120
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
