@@ -71,6 +71,17 @@ def _export(args) -> int:
     return 0
 
 
+def _add_items(args) -> int:
+    from pipelines.add_items import add_items
+
+    config = load_config(args.config, _overrides(args))
+    result = add_items(config, args.items, args.model_base_path)
+    print(f"added {len(result['items'])} item(s); index rebuilt: {result['index']}")
+    for name, path in result["exports"].items():
+        print(f"{name:24s} {path}")
+    return 0
+
+
 def _overrides(args) -> dict:
     overrides = {}
     for item in args.set or []:
@@ -106,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "<model-base-path>/<model>/<version>/.")
     export.add_argument("--model-base-path", default="models",
                         help="TF Serving model base path (default: models)")
+    add = command("add-items", _add_items, "Embed new items from their text and "
+                  "attributes and add them to the index (and exports), without retraining.")
+    add.add_argument("items", help="CSV or Parquet of new items (the items schema)")
+    add.add_argument("--model-base-path", default=None,
+                     help="also publish new export versions under this base path")
     return parser
 
 

@@ -20,6 +20,8 @@ import pandas as pd
 from pipelines.config import Config, DataConfig
 
 MULTI_VALUE_SEPARATOR = "|"
+# Items added after training (`towerrec add-items`), kept in the run folder.
+ADDED_ITEMS = "added_items.parquet"
 
 
 class DataError(ValueError):
@@ -49,6 +51,9 @@ def load_dataset(config: Config) -> Dataset:
     else:
         raise DataError(
             f"data.source '{data.source}' is not one of: movielens-100k, csv, parquet")
+    added = config.run_path / ADDED_ITEMS
+    if added.exists():
+        dataset.items = pd.concat([dataset.items, pd.read_parquet(added)], ignore_index=True)
     if data.min_rating is not None:
         keep = dataset.interactions["rating"] >= float(data.min_rating)
         dataset.interactions = dataset.interactions[keep].reset_index(drop=True)
@@ -101,11 +106,6 @@ def _load_tabular(data: DataConfig) -> Dataset:
     _require_columns(
         inter, [data.user_id_column, data.item_id_column, data.timestamp_column,
                 data.rating_column, data.context_column], "interactions", data.interactions)
-    _require_columns(
-        items, [data.item_id_column, *data.text_columns, *data.categorical_columns,
-                *data.numeric_columns], "items", data.items)
-    if not data.text_columns:
-        raise DataError("data.text_columns is empty: items need at least one text column")
 
     timestamps = inter[data.timestamp_column]
     if not pd.api.types.is_numeric_dtype(timestamps):
@@ -126,14 +126,24 @@ def _load_tabular(data: DataConfig) -> Dataset:
                          if data.context_column else ""),
     })
 
+    return Dataset(interactions, items_frame(items, data), list(data.categorical_columns),
+                   list(data.numeric_columns))
+
+
+def items_frame(items: pd.DataFrame, data: DataConfig, path: str = "") -> pd.DataFrame:
+    """A raw items table (config column roles) -> the typed items frame."""
+    _require_columns(items, [data.item_id_column, *data.text_columns,
+                             *data.categorical_columns, *data.numeric_columns],
+                     "items", path or data.items)
+    if not data.text_columns:
+        raise DataError("data.text_columns is empty: items need at least one text column")
     item_frame = pd.DataFrame({"item_id": items[data.item_id_column].astype(str)})
     item_frame["text"] = join_text(items, data.text_columns)
     for column in data.categorical_columns:
         item_frame[column] = normalize_categorical(items[column], data.categorical_separator)
     for column in data.numeric_columns:
         item_frame[column] = _numeric(items, column, "items").astype("float64")
-    return Dataset(interactions, item_frame, list(data.categorical_columns),
-                   list(data.numeric_columns))
+    return item_frame
 
 
 def join_text(frame: pd.DataFrame, columns: List[str]) -> pd.Series:

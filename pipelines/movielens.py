@@ -40,11 +40,23 @@ def load_movielens_100k(path: str = "") -> Dataset:
     inter = inter.merge(users, on="user_id", how="left")
     inter["context_text"] = context_texts(inter)
     inter = inter[["user_id", "item_id", "timestamp", "rating", "context_text"]]
+    return Dataset(inter, movielens_items(items), categorical_columns=["genres"],
+                   numeric_columns=["year"])
+
+
+ITEM_COLUMNS = ["item_id", "title", "genres", "year"]
+
+
+def movielens_items(items: pd.DataFrame) -> pd.DataFrame:
+    """item_id, title, genres ("a|b"), year -> the items frame; text "Title (year). a, b"."""
+    items = pd.DataFrame({
+        "item_id": items["item_id"].astype(str), "title": items["title"].astype(str),
+        "genres": items["genres"].fillna("").astype(str),
+        "year": pd.to_numeric(items["year"], errors="coerce").astype("float64")})
     year = items["year"].map(lambda y: f" ({int(y)})" if y == y else "")
     items["text"] = items["title"] + year + ". " + items["genres"].str.replace(
         MULTI_VALUE_SEPARATOR, ", ")
-    items = items[["item_id", "text", "genres", "year"]]
-    return Dataset(inter, items, categorical_columns=["genres"], numeric_columns=["year"])
+    return items[["item_id", "text", "genres", "year"]]
 
 
 def _read_files(path: str) -> Dict[str, bytes]:

@@ -51,15 +51,24 @@ def vocabularies_from(dataset: Dataset, train: pd.DataFrame) -> Vocabularies:
                  for name in dataset.numeric_columns})
 
 
-def prepare(config: Config, encoder_dir: Optional[Path] = None) -> Run:
-    """Loads data and splits, exports the encoder once, builds the (untrained) model."""
+def prepare(config: Config, encoder_dir: Optional[Path] = None,
+            vocabularies: Optional[Vocabularies] = None) -> Run:
+    """Loads data and splits, exports the encoder once, builds the (untrained) model.
+
+    `vocabularies` (those a model was trained with) keep the layers' shapes when the
+    catalogue has grown since; the history text table always covers today's catalogue.
+    """
     tf.keras.utils.set_random_seed(config.training.seed)
     dataset = load_dataset(config)
     splits = get_splits(dataset, config)
     encoder_dir = Path(encoder_dir or config.run_path / "encoder")
     export_text_encoder(encoder_dir, config.encoder.preset, config.encoder.sequence_length)
     text_inputs = TextInputs(encoder_dir, config.encoder.fine_tune, config.encoder.batch_size)
-    vocabularies = vocabularies_from(dataset, splits["train"])
+    if vocabularies is None:
+        vocabularies = vocabularies_from(dataset, splits["train"])
+    else:
+        vocabularies = dataclasses.replace(
+            vocabularies, catalogue_ids=dataset.items["item_id"].tolist())
     catalogue = catalogue_features(dataset)
     catalogue_text = text_inputs.embed(catalogue["item_text"])
     text_encoder = None
@@ -143,7 +152,9 @@ def load_run(config: Config) -> Run:
     if not (directory / "weights.index").exists():
         raise FileNotFoundError(
             f"no trained model in {directory}: run `towerrec train --config ...` first")
-    run = prepare(config)
+    vocabularies = Vocabularies(**json.loads((directory / "vocabularies.json").read_text()))
+    vocabularies.numeric = {k: tuple(v) for k, v in vocabularies.numeric.items()}
+    run = prepare(config, vocabularies=vocabularies)
     from pipelines.evaluate import candidate_embeddings
     candidate_embeddings(run)  # builds the variables before they are restored
     status = tf.train.Checkpoint(model=run.model).read(str(directory / "weights"))

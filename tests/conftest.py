@@ -53,3 +53,10 @@ def slice_config(folder: Path, run_dir: Path, **overrides):
     }
     values.update(overrides)
     return load_config(None, values)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory) -> Path:
+    """The real bundled all-MiniLM-L6-v2, exported once for the session."""
+    return export_text_encoder(tmp_path_factory.mktemp("encoders") / "minilm",
+                               "bundled-minilm", 32)

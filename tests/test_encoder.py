@@ -83,13 +83,12 @@ def test_padding_does_not_change_embeddings(tiny_encoder_dir):
     np.testing.assert_allclose(full, trimmed, atol=1e-5)
 
 
-def test_real_minilm_checkpoint(tmp_path):
+def test_real_minilm_checkpoint(minilm_dir):
     """The bundled all-MiniLM-L6-v2: exported, reloaded, equal to keras-hub in process."""
     import keras_hub
     from towers.text_encoder import resolve_preset
 
-    directory = export_text_encoder(tmp_path / "minilm", "bundled-minilm", 64)
-    encoder = TextEncoder(directory)
+    encoder = TextEncoder(minilm_dir)
     assert encoder.dim == 384
     texts = ["A boy and his toys come to life.", "Toys that come alive and play with a kid.",
              "Quarterly tax filing deadline for corporations."]
@@ -101,7 +100,7 @@ def test_real_minilm_checkpoint(tmp_path):
     path = resolve_preset("bundled-minilm")
     backbone = keras_hub.models.BertBackbone.from_preset(path)
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
-        path, sequence_length=64)
+        path, sequence_length=32)
     tokens = preprocessor(tf.constant(texts))
     sequence = backbone(tokens)["sequence_output"].numpy()
     mask = tokens["padding_mask"].numpy()[:, :, None].astype(np.float32)

@@ -1,0 +1,68 @@
+"""`towerrec add-items items.csv`: new items become retrievable without retraining.
+
+The candidate tower embeds a new item from its text and attributes (its id is unknown to
+the model, as for any cold item); the item joins the run's catalogue, the index is rebuilt,
+and, given a model base path, new versions of the exports are published.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import pandas as pd
+
+from pipelines.config import Config
+from pipelines.data import ADDED_ITEMS, DataError, items_frame, load_dataset, read_table
+
+
+def read_new_items(path: str, config: Config) -> pd.DataFrame:
+    """A CSV/Parquet of new items, in the columns the config's source declares."""
+    raw = read_table(path, "new items")
+    if config.data.source == "movielens-100k":
+        from pipelines.movielens import ITEM_COLUMNS, movielens_items
+        missing = [c for c in ITEM_COLUMNS if c not in raw.columns]
+        if missing:
+            raise DataError(f"new items file {path} is missing column(s) {missing}; "
+                            f"MovieLens items need {ITEM_COLUMNS}")
+        return movielens_items(raw)
+    return items_frame(raw, config.data, path)
+
+
+def add_items(config: Config, path: str, model_base_path: Optional[Path] = None) -> Dict:
+    """Adds the items of `path`; returns {"items": frame, "index": settings, "exports": ...}."""
+    from pipelines.evaluate import candidate_embeddings
+    from pipelines.export import export_models
+    from pipelines.index import INDEX_DIR, build_index
+    from pipelines.train import load_run
+
+    new = read_new_items(path, config)
+    if new["item_id"].duplicated().any():
+        raise DataError(f"new items file {path} repeats item_id "
+                        f"{new['item_id'][new['item_id'].duplicated()].iloc[0]!r}")
+    known = set(load_dataset(config).items["item_id"])
+    clash = sorted(set(new["item_id"]) & known)
+    if clash:
+        raise DataError(f"new items file {path}: item_id(s) already in the catalogue: "
+                        f"{clash[:5]}")
+    if (new["text"].str.len() == 0).any():
+        raise DataError(f"new items file {path}: every new item needs a text")
+
+    run_path = config.run_path
+    added = run_path / ADDED_ITEMS
+    previous = pd.read_parquet(added) if added.exists() else None
+    tmp = added.with_suffix(".tmp")
+    pd.concat([previous, new] if previous is not None else [new],
+              ignore_index=True).to_parquet(tmp, index=False)
+    tmp.replace(added)
+    try:  # the model must take the new items before anything is published
+        run = load_run(config)
+        embeddings = candidate_embeddings(run)
+    except Exception:
+        if previous is None:
+            added.unlink()
+        else:
+            previous.to_parquet(added, index=False)
+        raise
+    index = build_index(embeddings, run.catalogue["item_id"], run_path / INDEX_DIR)
+    exports = export_models(run, Path(model_base_path)) if model_base_path else {}
+    return {"items": new, "index": index, "exports": exports, "run": run}
