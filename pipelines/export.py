@@ -86,47 +86,81 @@ class CandidateModel(tf.Module):
         return self.candidate_tower(features, training=False)
 
 
+class _Catalogue(tf.Module):
+    """Item ids and their rows, so that the items of a request's history are not returned."""
+
+    def __init__(self, item_ids):
+        super().__init__()
+        ids = np.asarray(item_ids, dtype=str).astype(object)
+        self.item_ids = tf.Variable(ids, trainable=False, dtype=tf.string)
+        self.rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string),
+                                                tf.range(len(ids), dtype=tf.int64)), -1)
+
+    def without_history(self, scores, history, rows=None):
+        """scores [n, m] over catalogue rows `rows` [n, m] (all rows when None) -> the
+        same with -inf where the item is in that request's history."""
+        seen = self.rows.lookup(history)                                   # [n, h]
+        if rows is None:
+            rows = tf.broadcast_to(tf.range(tf.shape(scores)[1], dtype=tf.int64),
+                                   tf.shape(scores))
+        hit = tf.reduce_any(rows[:, :, None] == seen[:, None, :], axis=2)  # [n, m]
+        return tf.where(hit, tf.constant(-np.inf, scores.dtype), scores)
+
+    def top_k(self, scores, k, rows=None):
+        top = tf.math.top_k(scores, k=k)
+        indices = top.indices if rows is None else tf.gather(rows, top.indices, batch_dims=1)
+        return {"item_ids": tf.gather(self.item_ids, indices), "scores": top.values}
+
+
 class BruteForceRetrieval(tf.Module):
-    """Exact top-k over the catalogue's embeddings, in plain TensorFlow ops."""
+    """Exact top-k over the catalogue's embeddings, in plain TensorFlow ops; items of the
+    request's history are not returned."""
 
     def __init__(self, query: QueryModel, embeddings: np.ndarray, item_ids, k: int):
         super().__init__()
         self.query = query
+        self.catalogue = _Catalogue(item_ids)
         self.candidate_embeddings = tf.Variable(embeddings, trainable=False)
-        self.item_ids = tf.Variable(np.asarray(item_ids, dtype=str).astype(object),
-                                    trainable=False, dtype=tf.string)
         self.k = min(k, len(item_ids))
 
     def retrieve(self, request):
         scores = tf.matmul(self.query.embed(request), self.candidate_embeddings,
                            transpose_b=True)
-        top = tf.math.top_k(scores, k=self.k)
-        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+        history = request["history"][:, -self.query.history_length:]
+        return self.catalogue.top_k(self.catalogue.without_history(scores, history), self.k)
 
 
 class ScannRetrieval(tf.Module):
-    """Top-k through a ScaNN searcher (TF ops; the searcher state is saved with the model)."""
+    """Top-k through a ScaNN searcher (TF ops; the searcher state is saved with the model).
+
+    It asks ScaNN for k + history_length neighbours, so that k remain once the items of
+    the request's history are dropped.
+    """
 
     def __init__(self, query: QueryModel, embeddings: np.ndarray, item_ids, k: int):
         super().__init__()
         from pipelines.index import scann_builder, scann_settings
 
         self.query = query
+        self.catalogue = _Catalogue(item_ids)
         self.k = min(k, len(item_ids))
-        settings = scann_settings(len(embeddings), k=self.k)
+        self.searched = min(self.k + query.history_length, len(item_ids))
+        settings = scann_settings(len(embeddings), k=self.searched)
         # The searcher's state as variables of this module, so that the SavedModel holds it.
         self.scann_state = scann_builder(
             embeddings, settings, tensorflow_ops=True).build().serialize_to_module()
-        self.item_ids = tf.Variable(np.asarray(item_ids, dtype=str).astype(object),
-                                    trainable=False, dtype=tf.string)
 
     def retrieve(self, request):
         from scann.scann_ops.py import scann_ops
 
         searcher = scann_ops.searcher_from_module(self.scann_state)
         rows, scores = searcher.search_batched(self.query.embed(request),
-                                               final_num_neighbors=self.k)
-        return {"item_ids": tf.gather(self.item_ids, rows), "scores": scores}
+                                               final_num_neighbors=self.searched)
+        rows = tf.cast(rows, tf.int64)
+        history = request["history"][:, -self.query.history_length:]
+        scores = self.catalogue.without_history(scores, history, rows)
+        return self.catalogue.top_k(scores, self.k, rows)
 
 
 def next_version(model_dir: Path) -> int:

@@ -53,18 +53,24 @@ def make_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
 
 
 def _explicit_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
-    """Train and test given as files in the interactions schema (already validated)."""
-    from pipelines.data import _load_tabular  # same column roles as the main source
-    import dataclasses
+    """Train and test given as files with the interactions' columns (as the config names
+    them; MovieLens: user_id, item_id, timestamp, context_text)."""
+    data = config.data
+    roles = {data.user_id_column: "user_id", data.item_id_column: "item_id",
+             data.timestamp_column: "timestamp"}
+    if data.context_column:
+        roles[data.context_column] = "context_text"
 
     def load(path: str) -> pd.DataFrame:
-        data = dataclasses.replace(config.data, interactions=path,
-                                   items=config.data.items or "")
-        if config.data.source == "movielens-100k":
-            frame = read_table(path, "interactions")
-            frame = frame.astype({"user_id": str, "item_id": str})
-            return frame
-        return _load_tabular(data).interactions
+        frame = read_table(path, "split").rename(columns=roles)
+        missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
+        if missing:
+            raise DataError(f"split file {path} is missing column(s) {missing}")
+        frame = frame.astype({"user_id": str, "item_id": str})
+        if "context_text" not in frame.columns:
+            frame["context_text"] = ""
+        frame["context_text"] = frame["context_text"].fillna("").astype(str)
+        return frame
 
     splits = {"train": load(config.split.train_file)}
     for name, path in config.split.test_files.items():
