@@ -91,7 +91,7 @@ class TrainingConfig:
     epochs: int = 12
     batch_size: int = 512
     learning_rate: float = 3e-3
-    temperature: float = 0.05
+    temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     seed: int = 7

@@ -18,6 +18,8 @@ import tensorflow as tf
 from pipelines.data import Dataset
 
 NO_USER = ""  # the user id of a query from someone the model has never seen
+# Text columns of the examples -> the tower inputs that read them.
+TEXT_INPUTS = {"context_text": "context", "item_text": "item_text"}
 
 
 @dataclasses.dataclass
@@ -123,7 +125,7 @@ def tf_dataset(features: Dict[str, np.ndarray], text_inputs: TextInputs, batch_s
     """Examples -> batched tf.data; text is looked up per batch from per-text tables."""
     tensors, tables = {}, {}
     for name, values in features.items():
-        if name in ("context_text", "item_text"):
+        if name in TEXT_INPUTS:
             unique, index = _indexed(values)
             tables[name] = text_inputs.table(unique)
             tensors[name + "_index"] = index
@@ -136,8 +138,8 @@ def tf_dataset(features: Dict[str, np.ndarray], text_inputs: TextInputs, batch_s
     def add_text(batch):
         for name, table in tables.items():
             index = batch.pop(name + "_index")
-            key = "context" if name == "context_text" else "item_text"
-            batch[key] = tf.nest.map_structure(lambda t: tf.gather(t, index), table)
+            batch[TEXT_INPUTS[name]] = tf.nest.map_structure(
+                lambda t: tf.gather(t, index), table)
         return batch
 
     ds = tf.data.Dataset.from_tensor_slices(tensors)
