@@ -82,6 +82,23 @@ def _add_items(args) -> int:
     return 0
 
 
+def _train_ranker(args) -> int:
+    from pipelines.evaluate import markdown_table
+    from pipelines.rank import RETRIEVED, train_ranker
+
+    config = load_config(args.config, _overrides(args))
+    results = train_ranker(config, epochs=args.epochs)
+    print(f"\nTop 10 of retrieval vs retrieve {RETRIEVED} then rerank (full catalogue, "
+          "training items excluded, per-user mean):")
+    print(markdown_table(results, columns=("recall_at_10", "ndcg_at_10")))
+    for split in results["retrieval"]:
+        before = results["retrieval"][split]["ndcg_at_10"]
+        after = results["retrieval+rerank"][split]["ndcg_at_10"]
+        print(f"{split:10s} NDCG@10 {before:.4f} -> {after:.4f} ({after / before - 1:+.1%})")
+    (config.run_path / "ranker" / "evaluation.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def _overrides(args) -> dict:
     overrides = {}
     for item in args.set or []:
@@ -117,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "<model-base-path>/<model>/<version>/.")
     export.add_argument("--model-base-path", default="models",
                         help="TF Serving model base path (default: models)")
+    ranker = command("train-ranker", _train_ranker, "Train the DCN ranker on retrieval's "
+                     "top-100 lists and compare retrieval-only with retrieve-then-rerank.")
+    ranker.add_argument("--epochs", type=int, default=15)
     add = command("add-items", _add_items, "Embed new items from their text and "
                   "attributes and add them to the index (and exports), without retraining.")
     add.add_argument("items", help="CSV or Parquet of new items (the items schema)")
