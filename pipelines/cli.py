@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "<model-base-path>/<model>/<version>/.")
     export.add_argument("--model-base-path", default="models",
                         help="TF Serving model base path (default: models)")
-    ranker = command("train-ranker", _train_ranker, "Train the DCN ranker on retrieval's "
-                     "top-100 lists and compare retrieval-only with retrieve-then-rerank.")
+    ranker = command("train-ranker", _train_ranker, "Experimental: train the DCN ranker on "
+                     "retrieval's top-100 lists and compare retrieval-only with "
+                     "retrieve-then-rerank (it does not beat retrieval-only yet).")
     ranker.add_argument("--epochs", type=int, default=15)
     add = command("add-items", _add_items, "Embed new items from their text and "
                   "attributes and add them to the index (and exports), without retraining.")

@@ -75,9 +75,11 @@ def item_attributes(run: Run) -> np.ndarray:
 def candidate_lists(run: Run, queries: Queries, k: int = RETRIEVED) -> CandidateLists:
     """Retrieval's top-k per query, with the ranker's features for every candidate.
 
-    Features: retrieval score and rank; query x candidate embedding product; the item's
-    log popularity in training; its attributes, and their overlap with the history's; the
-    text similarity of the item to the history items (frozen encoder).
+    Features: retrieval score and rank; the item's attributes, and their overlap with the
+    history's; the text similarity of the item to the history items (frozen encoder); the
+    history's length. Nothing tied to one retrieval model's embedding space (the ranker is
+    trained on one retrieval model's lists and serves another's), and no popularity count
+    (a new item has none, and the ranker would learn to bury new items).
     """
     candidates = candidate_embeddings(run)
     query = query_embeddings(run, queries)
@@ -85,8 +87,6 @@ def candidate_lists(run: Run, queries: Queries, k: int = RETRIEVED) -> Candidate
     rows = top_k(scores, queries.exclude, k)
     n = len(rows)
     row_of = {item: r for r, item in enumerate(run.catalogue["item_id"])}
-    counts = np.bincount([row_of[i] for i in run.splits["train"]["item_id"]],
-                         minlength=len(row_of)).astype(np.float32)
     attributes = item_attributes(run)
     texts = run.text_inputs.embed(run.catalogue["item_text"])
 
@@ -100,8 +100,6 @@ def candidate_lists(run: Run, queries: Queries, k: int = RETRIEVED) -> Candidate
     features = np.concatenate([
         np.take_along_axis(scores, rows, axis=1)[:, :, None],
         np.broadcast_to(np.arange(k, dtype=np.float32) / k, (n, k))[:, :, None],
-        query[:, None, :] * candidates[rows],
-        np.log1p(counts[rows])[:, :, None],
         candidate_attributes,
         candidate_attributes * history_attributes[:, None, :],
         np.einsum("nkd,nd->nk", texts[rows], history_text)[:, :, None],
