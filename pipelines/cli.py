@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 
 from pipelines.config import ConfigError, load_config
 from pipelines.data import DataError
@@ -54,7 +53,7 @@ def _index(args) -> int:
     queries = query_embeddings(run, split_queries(run, "warm"))
     found, _ = index.search(queries, 10)
     exact, _ = index.brute_force(queries, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    recall = recall_against_exact(found, exact)
     print(f"index of {len(index.item_ids)} items in {directory}: {settings}")
     print(f"recall@10 against exact search on {len(queries)} warm queries: {recall:.3f}")
     return 0

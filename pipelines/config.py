@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import yaml
 

@@ -1,7 +1,6 @@
 """Exports: TF Serving layout, documented signatures, the same answers in a new process."""
 from __future__ import annotations
 
-import json
 import pickle
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 import towers  # noqa: F401
-import tensorflow as tf
 
 from pipelines.evaluate import candidate_embeddings, query_embeddings, split_queries
 from pipelines.export import example_requests, export_models
@@ -28,7 +26,8 @@ requests = pickle.load(open(sys.argv[1], "rb"))
 out = {}
 for name, (path, request) in requests.items():
     fn = tf.saved_model.load(path).signatures["serving_default"]
-    out[name] = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in request.items()}).items()}
+    answer = fn(**{k: tf.constant(v) for k, v in request.items()})
+    out[name] = {k: v.numpy() for k, v in answer.items()}
 pickle.dump(out, open(sys.argv[2], "wb"))
 """
 

@@ -1,7 +1,7 @@
 """The query tower: who asks (user id, optional), what they did (history), what they say."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +26,8 @@ class QueryTower(tf.keras.Model):
     """
 
     def __init__(self, user_vocabulary: Sequence[str], item_lookup, item_id_embedding,
-                 catalogue_ids: Sequence[str], catalogue_text_table: np.ndarray, embedding_dim: int, hidden_dim: int,
+                 catalogue_ids: Sequence[str], catalogue_text_table: np.ndarray,
+                 embedding_dim: int, hidden_dim: int,
                  id_embedding_dim: int, user_id_dropout: float, history_dropout: float,
                  dropout: float, context_dropout: float = 0.0, text_encoder=None,
                  **kwargs):

@@ -3,7 +3,7 @@ removal of accidental hits (tfrs.tasks.Retrieval)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 

@@ -17,7 +17,7 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import numpy as np
 
