@@ -14,7 +14,6 @@ import shutil
 from typing import Dict
 
 import numpy as np
-import pandas as pd
 
 import towers  # noqa: F401
 import tensorflow as tf
@@ -23,7 +22,7 @@ from pipelines.config import Config
 from pipelines.evaluate import (candidate_embeddings, query_embeddings, ranking_metrics,
                                 split_queries, top_k)
 from pipelines.features import Queries, evaluation_queries
-from pipelines.splits import save_splits
+from pipelines.splits import hold_out_last, save_splits
 from pipelines.train import Run, load_run, train
 from towers.features import MULTI_VALUE_SEPARATOR
 from towers.ranking import Ranker
@@ -38,15 +37,6 @@ class CandidateLists:
     rows: np.ndarray
     features: np.ndarray
     labels: np.ndarray
-
-
-def hold_out_last(train: pd.DataFrame, fraction: float):
-    """Per user, the last `fraction` of interactions in time -> (earlier, later)."""
-    train = train.sort_values(["user_id", "timestamp"], kind="stable")
-    position = train.groupby("user_id").cumcount()
-    count = train.groupby("user_id")["item_id"].transform("size")
-    later = position >= count - np.floor(count * fraction).astype(int)
-    return train[~later].reset_index(drop=True), train[later].reset_index(drop=True)
 
 
 def _multi_hot(values: np.ndarray) -> np.ndarray:

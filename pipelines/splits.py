@@ -39,17 +39,23 @@ def make_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
                                 replace=False))
     is_cold_item = inter["item_id"].isin(cold_items) & ~is_cold_user
 
-    rest = inter[~is_cold_user & ~is_cold_item]
-    position = rest.groupby("user_id").cumcount()
-    count = rest.groupby("user_id")["item_id"].transform("size")
-    n_test = np.floor(count * split.warm_test_fraction).astype(int)
-    is_warm_test = position >= count - n_test
+    train, warm = hold_out_last(inter[~is_cold_user & ~is_cold_item], split.warm_test_fraction)
     return {
-        "train": rest[~is_warm_test].reset_index(drop=True),
-        "warm": rest[is_warm_test].reset_index(drop=True),
+        "train": train,
+        "warm": warm,
         "cold_item": inter[is_cold_item].reset_index(drop=True),
         "cold_user": inter[is_cold_user].reset_index(drop=True),
     }
+
+
+def hold_out_last(interactions: pd.DataFrame, fraction: float):
+    """Per user, the last `fraction` of interactions in time -> (earlier, later)."""
+    interactions = interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    position = interactions.groupby("user_id").cumcount()
+    count = interactions.groupby("user_id")["item_id"].transform("size")
+    later = position >= count - np.floor(count * fraction).astype(int)
+    return (interactions[~later].reset_index(drop=True),
+            interactions[later].reset_index(drop=True))
 
 
 def _explicit_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
