@@ -45,7 +45,7 @@ def timed(fn, repeats: int = 1):
 
 
 def compare(name: str, items: np.ndarray, queries: np.ndarray, sweep=(None,)):
-    exact, exact_seconds = timed(lambda: exact_top_k(queries, items, K))
+    (exact, _), exact_seconds = timed(lambda: exact_top_k(queries, items, K))
     exact_qps = len(queries) / exact_seconds
     settings = scann_settings(len(items), k=K)
     searcher, build_seconds = timed(lambda: scann_builder(items, settings).build())

@@ -41,7 +41,7 @@ def _evaluate(args) -> int:
 
 
 def _index(args) -> int:
-    from pipelines.evaluate import candidate_embeddings, query_embeddings, split_queries
+    from pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
     from pipelines.index import INDEX_DIR, Index, build_index, recall_against_exact
     from pipelines.train import load_run
 
@@ -50,12 +50,13 @@ def _index(args) -> int:
     directory = config.run_path / INDEX_DIR
     settings = build_index(candidate_embeddings(run), run.catalogue["item_id"], directory)
     index = Index(directory)
-    queries = query_embeddings(run, split_queries(run, "warm"))
+    queries = query_embeddings(run, training_queries(run, 1000))
     found, _ = index.search(queries, 10)
     exact, _ = index.brute_force(queries, 10)
     recall = recall_against_exact(found, exact)
     print(f"index of {len(index.item_ids)} items in {directory}: {settings}")
-    print(f"recall@10 against exact search on {len(queries)} warm queries: {recall:.3f}")
+    print(f"recall@10 against exact search on {len(queries)} training users' queries: "
+          f"{recall:.3f}")
     return 0
 
 

@@ -189,6 +189,3 @@ def validate(dataset: Dataset) -> None:
     if no_text.all():
         raise DataError("items: every item has an empty text")
 
-
-def subset(dataset: Dataset, interactions: pd.DataFrame) -> Dataset:
-    return dataclasses.replace(dataset, interactions=interactions.reset_index(drop=True))

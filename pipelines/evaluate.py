@@ -91,6 +91,17 @@ def split_queries(run, split: str) -> Queries:
         run.config.towers.history_length, known_users=(split != "cold_user"))
 
 
+def training_queries(run, users: int) -> Queries:
+    """Queries of the first `users` training users, their training items as history: a
+    sample every run has, whatever its held-out splits are called."""
+    from pipelines.features import evaluation_queries
+
+    train = run.splits["train"]
+    chosen = train[train["user_id"].isin(sorted(train["user_id"].unique())[:users])]
+    return evaluation_queries(chosen, train, run.catalogue["item_id"],
+                              run.config.towers.history_length, known_users=True)
+
+
 def evaluate_split(run, split: str, candidates: np.ndarray = None) -> Dict[str, float]:
     queries = split_queries(run, split)
     candidates = candidate_embeddings(run) if candidates is None else candidates

@@ -43,8 +43,8 @@ class _TextEncoding(tf.Module):
         return self.encoder(self.preprocessor(texts), training=False)
 
 
-def query_signature(history_length: int) -> Dict[str, tf.TensorSpec]:
-    del history_length  # any width: padded or cut to the tower's history length
+def query_signature() -> Dict[str, tf.TensorSpec]:
+    """History of any width: QueryModel pads or cuts it to the tower's history length."""
     return {"user_id": tf.TensorSpec([None], tf.string, "user_id"),
             "history": tf.TensorSpec([None, None], tf.string, "history"),
             "context_text": tf.TensorSpec([None], tf.string, "context_text")}
@@ -213,9 +213,9 @@ def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarr
 
 def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
     """A small real request per input signature, from the run's data (warm-up, tests)."""
-    from pipelines.evaluate import split_queries
+    from pipelines.evaluate import training_queries
 
-    queries = split_queries(run, "warm")
+    queries = training_queries(run, 2)
     query = {"user_id": queries.user_id[:2].astype(bytes),
              "history": queries.history[:2].astype(bytes),
              "context_text": queries.context_text[:2].astype(bytes)}
@@ -239,7 +239,7 @@ def export_models(run, base_path: Path, k: int = 100,
     candidate = CandidateModel(run.model.candidate_tower, text)
     embeddings = candidate_embeddings(run)
     item_ids = run.catalogue["item_id"]
-    q_spec = query_signature(history_length)
+    q_spec = query_signature()
     c_spec = candidate_signature(run.dataset.categorical_columns, run.dataset.numeric_columns)
     requests = example_requests(run)
     plan = {

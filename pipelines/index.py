@@ -56,15 +56,18 @@ def scann_builder(embeddings: np.ndarray, settings: dict, tensorflow_ops: bool =
 
 
 def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int,
-                batch_size: int = 256) -> np.ndarray:
-    """Exact maximum inner product search: [queries, k] row indices, best first."""
-    out = np.empty([len(queries), k], np.int64)
+                batch_size: int = 256):
+    """Exact maximum inner product search: (row indices, scores), each [queries, k]."""
+    rows = np.empty([len(queries), k], np.int64)
+    top = np.empty([len(queries), k], np.float32)
     for start in range(0, len(queries), batch_size):
         scores = queries[start:start + batch_size] @ embeddings.T
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
-        out[start:start + batch_size] = np.take_along_axis(part, order, axis=1)
-    return out
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-part_scores, axis=1)
+        rows[start:start + batch_size] = np.take_along_axis(part, order, axis=1)
+        top[start:start + batch_size] = np.take_along_axis(part_scores, order, axis=1)
+    return rows, top
 
 
 def recall_against_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
@@ -119,6 +122,5 @@ class Index:
         return self.item_ids[rows], scores
 
     def brute_force(self, queries: np.ndarray, k: int = 10):
-        rows = exact_top_k(np.asarray(queries, np.float32), self.embeddings, k)
-        scores = np.take_along_axis(queries @ self.embeddings.T, rows, axis=1)
+        rows, scores = exact_top_k(np.asarray(queries, np.float32), self.embeddings, k)
         return self.item_ids[rows], scores

@@ -39,26 +39,24 @@ class CandidateLists:
     labels: np.ndarray
 
 
-def _multi_hot(values: np.ndarray) -> np.ndarray:
-    vocabulary = sorted({v for cell in values for v in str(cell).split(MULTI_VALUE_SEPARATOR)
-                         if v})
-    column = {v: i for i, v in enumerate(vocabulary)}
-    out = np.zeros([len(values), len(vocabulary)], np.float32)
-    for row, cell in enumerate(values):
-        for v in str(cell).split(MULTI_VALUE_SEPARATOR):
-            if v:
-                out[row, column[v]] = 1.0
-    return out
-
-
 def item_attributes(run: Run) -> np.ndarray:
-    """[catalogue, attributes]: categorical multi-hots and standardized numerics."""
-    parts = [_multi_hot(run.catalogue[c]) for c in run.dataset.categorical_columns]
-    for column in run.dataset.numeric_columns:
+    """[catalogue, attributes]: categorical multi-hots and standardized numerics, with the
+    vocabularies and statistics the towers were trained with."""
+    parts = []
+    for column, vocabulary in run.vocabularies.categorical.items():
+        position = {v: i for i, v in enumerate(vocabulary)}
+        hot = np.zeros([len(run.catalogue[column]), len(vocabulary)], np.float32)
+        for row, cell in enumerate(run.catalogue[column]):
+            for value in str(cell).split(MULTI_VALUE_SEPARATOR):
+                if value in position:
+                    hot[row, position[value]] = 1.0
+        parts.append(hot)
+    for column, (mean, std) in run.vocabularies.numeric.items():
         values = run.catalogue[column].astype(np.float64)
-        mean, std = np.nanmean(values), np.nanstd(values) or 1.0
         parts.append(np.nan_to_num((values - mean) / std)[:, None].astype(np.float32))
-    return np.concatenate(parts, axis=1) if parts else np.zeros([len(run.catalogue["item_id"]), 0])
+    if not parts:
+        return np.zeros([len(run.catalogue["item_id"]), 0], np.float32)
+    return np.concatenate(parts, axis=1)
 
 
 def candidate_lists(run: Run, queries: Queries, k: int = RETRIEVED) -> CandidateLists:

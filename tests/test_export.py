@@ -11,7 +11,7 @@ import pytest
 
 import towers  # noqa: F401
 
-from pipelines.evaluate import candidate_embeddings, query_embeddings, split_queries
+from pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
 from pipelines.export import example_requests, export_models
 from pipelines.train import train
 from tests.conftest import slice_config
@@ -66,7 +66,7 @@ def test_fresh_process_returns_the_in_process_answers(exported, tmp_path):
                     str(tmp_path / "out.pkl")], check=True, cwd=Path(__file__).parents[1])
     served = pickle.loads((tmp_path / "out.pkl").read_bytes())
 
-    queries = split_queries(run, "warm")
+    queries = training_queries(run, 2)  # what example_requests sends
     expected_query = query_embeddings(run, queries)[:2]
     np.testing.assert_allclose(served["query_tower"]["query_embedding"], expected_query,
                                atol=1e-5)
