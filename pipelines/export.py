@@ -27,6 +27,8 @@ import tensorflow as tf
 
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
+# Every model `export_models` writes, in order.
+MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_scann")
 
 
 class _TextEncoding(tf.Module):
@@ -212,7 +214,7 @@ def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarr
 
 
 def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
-    """A small real request per input signature, from the run's data (warm-up, tests)."""
+    """{model name: a small real request for it}, from the run's data (warm-up, tests)."""
     from pipelines.evaluate import training_queries
 
     queries = training_queries(run, 2)
@@ -223,7 +225,7 @@ def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
     for name, values in run.catalogue.items():
         values = values[:2]
         candidate[name] = values.astype(bytes) if values.dtype == object else values
-    return {"query": query, "candidate": candidate}
+    return {name: candidate if name == "candidate_tower" else query for name in MODELS}
 
 
 def export_models(run, base_path: Path, k: int = 100,
@@ -243,20 +245,18 @@ def export_models(run, base_path: Path, k: int = 100,
     c_spec = candidate_signature(run.dataset.categorical_columns, run.dataset.numeric_columns)
     requests = example_requests(run)
     plan = {
-        "query_tower": (query, query.embed, q_spec, "query_embedding", "query", SAVE_OPTIONS),
+        "query_tower": (query, query.embed, q_spec, "query_embedding", SAVE_OPTIONS),
         "candidate_tower": (candidate, candidate.embed, c_spec, "candidate_embedding",
-                            "candidate", SAVE_OPTIONS),
+                            SAVE_OPTIONS),
     }
     brute = BruteForceRetrieval(query, embeddings, item_ids, k)
-    plan["retrieval_brute_force"] = (brute, brute.retrieve, q_spec, None, "query",
-                                     SAVE_OPTIONS)
+    plan["retrieval_brute_force"] = (brute, brute.retrieve, q_spec, None, SAVE_OPTIONS)
     scann = ScannRetrieval(query, embeddings, item_ids, k)
-    plan["retrieval_scann"] = (scann, scann.retrieve, q_spec, None, "query",
-                               SCANN_SAVE_OPTIONS)
+    plan["retrieval_scann"] = (scann, scann.retrieve, q_spec, None, SCANN_SAVE_OPTIONS)
     written = {}
-    for name, (module, function, spec, output, request, options) in plan.items():
+    for name, (module, function, spec, output, options) in plan.items():
         if models and name not in models:
             continue
         written[name] = save_version(module, function, spec, output, base_path / name,
-                                     options, warmup_request=requests[request])
+                                     options, warmup_request=requests[name])
     return written

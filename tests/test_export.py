@@ -58,9 +58,7 @@ def test_tf_serving_layout(exported):
 def test_fresh_process_returns_the_in_process_answers(exported, tmp_path):
     run, base, written = exported
     requests = example_requests(run)
-    plan = {name: (str(written[name]),
-                   requests["candidate" if name == "candidate_tower" else "query"])
-            for name in MODELS}
+    plan = {name: (str(written[name]), requests[name]) for name in MODELS}
     (tmp_path / "in.pkl").write_bytes(pickle.dumps(plan))
     subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(tmp_path / "in.pkl"),
                     str(tmp_path / "out.pkl")], check=True, cwd=Path(__file__).parents[1])
