@@ -99,6 +99,64 @@ def _train_ranker(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import logging
+
+    from serving.model_config import ModelConfigError
+    from serving.options import ServerOptions
+    from serving.server import run_until_signal
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("towerrec.serving").setLevel(logging.INFO)
+    try:
+        return run_until_signal(ServerOptions(
+            model_base_path=args.model_base_path or (None if args.model_config_file
+                                                     else "models"),
+            model_config_file=args.model_config_file,
+            host=args.host, grpc_port=args.port, rest_port=args.rest_api_port,
+            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+            enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
+            batch_timeout_micros=args.batch_timeout_micros,
+            max_request_bytes=args.max_request_bytes))
+    except (ModelConfigError, OSError, ValueError) as e:
+        print(f"towerrec serve: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _query(args) -> int:
+    from serving.client import RecommenderClient
+    from serving.errors import ServingError
+
+    history = [h.strip() for h in (args.history or "").split(";") if h.strip()]
+    inputs = {"user_id": [args.user], "history": [history or [""]],
+              "context_text": [args.context]}
+    try:
+        with RecommenderClient(args.address, timeout=args.timeout) as client:
+            answer = client.predict(args.model, inputs, version=args.version)
+    except ServingError as e:
+        print(f"towerrec query: error: {e}", file=sys.stderr)
+        return 2
+    if "item_ids" not in answer or "scores" not in answer:
+        print(f"towerrec query: error: {args.model} answered {sorted(answer)}, not item_ids "
+              "and scores", file=sys.stderr)
+        return 2
+    ids = answer["item_ids"][0][:args.top]
+    titles = answer["titles"][0][:args.top] if "titles" in answer else None
+    print(f"{args.model} version {answer.version}")
+    header = ["rank", "item id"] + (["title"] if titles is not None else []) + ["score"]
+    rows = [[str(rank + 1), _text(item)] + ([_text(titles[rank])] if titles is not None
+                                             else []) + [f"{answer['scores'][0][rank]:.4f}"]
+            for rank, item in enumerate(ids)]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _overrides(args) -> dict:
     overrides = {}
     for item in args.set or []:
@@ -143,6 +201,59 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("items", help="CSV or Parquet of new items (the items schema)")
     add.add_argument("--model-base-path", default=None,
                      help="also publish new export versions under this base path")
+    serve = commands.add_parser(
+        "serve", help="Serve the exports over TF Serving's gRPC and REST APIs.",
+        description="Serve every model under --model-base-path (or a TF Serving "
+        "models.config) over TF Serving's gRPC and REST APIs; new versions are loaded, "
+        "warmed up and swapped in as they appear. Stops gracefully on SIGTERM/SIGINT.")
+    serve.set_defaults(handler=_serve)
+    from serving.options import ServerOptions
+    defaults = ServerOptions(model_base_path="models")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--model-base-path", default=None,
+                       help="folder with one subfolder per model (default: models)")
+    where.add_argument("--model-config-file", default=None,
+                       help="a TF Serving ModelServerConfig text proto (models.config)")
+    serve.add_argument("--host", default=defaults.host,
+                       help=f"address to bind (default: {defaults.host})")
+    serve.add_argument("--port", "--grpc-port", dest="port", type=int,
+                       default=defaults.grpc_port,
+                       help=f"gRPC port, 0 picks one (default: {defaults.grpc_port})")
+    serve.add_argument("--rest-api-port", "--rest-port", dest="rest_api_port", type=int,
+                       default=defaults.rest_port,
+                       help=f"REST port, 0 picks one, -1 turns REST off (default: "
+                       f"{defaults.rest_port})")
+    serve.add_argument("--file-system-poll-wait-seconds", type=float,
+                       default=defaults.file_system_poll_wait_seconds,
+                       help="how often to look for new versions (default: "
+                       f"{defaults.file_system_poll_wait_seconds:g})")
+    serve.add_argument("--enable-batching", action="store_true",
+                       help="merge concurrent requests into batches (default: off)")
+    serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                       help=f"rows per batch (default: {defaults.max_batch_size})")
+    serve.add_argument("--batch-timeout-micros", type=int,
+                       default=defaults.batch_timeout_micros,
+                       help="how long a batch waits to fill (default: "
+                       f"{defaults.batch_timeout_micros})")
+    serve.add_argument("--max-request-bytes", type=int, default=defaults.max_request_bytes,
+                       help=f"larger requests are refused (default: "
+                       f"{defaults.max_request_bytes})")
+    query = commands.add_parser(
+        "query", help="Ask a served recommender for a user's top items (gRPC).",
+        description="Send one request to a TF Serving gRPC address (towerrec serve or "
+        "tensorflow/serving) and print the top items as a table.")
+    query.set_defaults(handler=_query)
+    query.add_argument("--address", default="127.0.0.1:8500", help="host:port of gRPC")
+    query.add_argument("--model", default="recommender",
+                       help="model name (default: recommender)")
+    query.add_argument("--version", type=int, default=None,
+                       help="model version (default: the newest)")
+    query.add_argument("--user", default="", help="user id (default: none, a new user)")
+    query.add_argument("--history", default="",
+                       help="items the user had, oldest first, separated by ';'")
+    query.add_argument("--context", default="", help="free context text")
+    query.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    query.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
     return parser
 
 
