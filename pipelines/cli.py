@@ -84,12 +84,12 @@ def _add_items(args) -> int:
 
 def _train_ranker(args) -> int:
     from pipelines.evaluate import markdown_table
-    from pipelines.rank import RETRIEVED, train_ranker
+    from pipelines.rank import train_ranker
 
     config = load_config(args.config, _overrides(args))
-    results = train_ranker(config, epochs=args.epochs)
-    print(f"\nTop 10 of retrieval vs retrieve {RETRIEVED} then rerank (full catalogue, "
-          "training items excluded, per-user mean):")
+    results = train_ranker(config)
+    print(f"\nTop 10 of retrieval vs retrieve {config.ranker.retrieved} then rerank (full "
+          "catalogue, training items excluded, per-user mean):")
     print(markdown_table(results, columns=("recall_at_10", "ndcg_at_10")))
     for split in results["retrieval"]:
         before = results["retrieval"][split]["ndcg_at_10"]
@@ -192,10 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "<model-base-path>/<model>/<version>/.")
     export.add_argument("--model-base-path", default="models",
                         help="TF Serving model base path (default: models)")
-    ranker = command("train-ranker", _train_ranker, "Experimental: train the DCN ranker on "
-                     "retrieval's top-100 lists and compare retrieval-only with "
-                     "retrieve-then-rerank (it does not beat retrieval-only yet).")
-    ranker.add_argument("--epochs", type=int, default=15)
+    command("train-ranker", _train_ranker, "Train the DCN ranker on retrieval's "
+                     "top-100 lists and compare retrieval-only with retrieve-then-rerank "
+                     "top-10 per split.")
     add = command("add-items", _add_items, "Embed new items from their text and "
                   "attributes and add them to the index (and exports), without retraining.")
     add.add_argument("items", help="CSV or Parquet of new items (the items schema)")

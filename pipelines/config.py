@@ -98,6 +98,20 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass
+class RankerConfig:
+    # Candidates retrieval hands the ranker, and how many the recommender returns.
+    retrieved: int = 100
+    recommended: int = 10
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    # Co-occurrence neighbours kept per item (the ranker's item-item table).
+    neighbours: int = 50
+    # Users held out of the ranker's list-making retrieval model: its new-user lists.
+    new_user_fraction: float = 0.2
+
+
+@dataclasses.dataclass
 class EvalConfig:
     ks: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
 
@@ -112,6 +126,7 @@ class Config:
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     towers: TowerConfig = dataclasses.field(default_factory=TowerConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     @property

@@ -4,7 +4,8 @@ Every source ends in the same shape:
 
 * ``interactions``: user_id (str), item_id (str), timestamp (int64), rating (float, may be
   NaN), context_text (str, may be empty).
-* ``items``: item_id (str), text (str: the configured text columns joined), one column per
+* ``items``: item_id (str), title (str: what a person reads, the first text column), text
+  (str: the configured text columns joined), one column per
   categorical attribute (str; several values joined by "|"), one per numeric attribute
   (float, NaN when unknown).
 """
@@ -53,7 +54,10 @@ def load_dataset(config: Config) -> Dataset:
             f"data.source '{data.source}' is not one of: movielens-100k, csv, parquet")
     added = config.run_path / ADDED_ITEMS
     if added.exists():
-        dataset.items = pd.concat([dataset.items, pd.read_parquet(added)], ignore_index=True)
+        added = pd.read_parquet(added)
+        if "title" not in added:  # written before items had a title
+            added.insert(1, "title", added["text"])
+        dataset.items = pd.concat([dataset.items, added], ignore_index=True)
     if data.min_rating is not None:
         keep = dataset.interactions["rating"] >= float(data.min_rating)
         dataset.interactions = dataset.interactions[keep].reset_index(drop=True)
@@ -138,6 +142,7 @@ def items_frame(items: pd.DataFrame, data: DataConfig, path: str = "") -> pd.Dat
     if not data.text_columns:
         raise DataError("data.text_columns is empty: items need at least one text column")
     item_frame = pd.DataFrame({"item_id": items[data.item_id_column].astype(str)})
+    item_frame["title"] = items[data.text_columns[0]].fillna("").astype(str).str.strip()
     item_frame["text"] = join_text(items, data.text_columns)
     for column in data.categorical_columns:
         item_frame[column] = normalize_categorical(items[column], data.categorical_separator)

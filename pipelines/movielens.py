@@ -54,9 +54,10 @@ def movielens_items(items: pd.DataFrame) -> pd.DataFrame:
         "genres": items["genres"].fillna("").astype(str),
         "year": pd.to_numeric(items["year"], errors="coerce").astype("float64")})
     year = items["year"].map(lambda y: f" ({int(y)})" if y == y else "")
-    items["text"] = items["title"] + year + ". " + items["genres"].str.replace(
+    items["title"] = items["title"] + year
+    items["text"] = items["title"] + ". " + items["genres"].str.replace(
         MULTI_VALUE_SEPARATOR, ", ")
-    return items[["item_id", "text", "genres", "year"]]
+    return items[["item_id", "title", "text", "genres", "year"]]
 
 
 def _read_files(path: str) -> Dict[str, bytes]:

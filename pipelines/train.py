@@ -146,7 +146,7 @@ def save_model(run: Run) -> None:
     (directory / "config.json").write_text(json.dumps(to_dict(run.config), indent=2))
 
 
-def load_run(config: Config) -> Run:
+def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
     """The trained model of this config's run folder, with its data and splits."""
     directory = config.run_path / "model"
     if not (directory / "weights.index").exists():
@@ -154,7 +154,7 @@ def load_run(config: Config) -> Run:
             f"no trained model in {directory}: run `towerrec train --config ...` first")
     vocabularies = Vocabularies(**json.loads((directory / "vocabularies.json").read_text()))
     vocabularies.numeric = {k: tuple(v) for k, v in vocabularies.numeric.items()}
-    run = prepare(config, vocabularies=vocabularies)
+    run = prepare(config, encoder_dir, vocabularies=vocabularies)
     from pipelines.evaluate import candidate_embeddings
     candidate_embeddings(run)  # builds the variables before they are restored
     status = tf.train.Checkpoint(model=run.model).read(str(directory / "weights"))

@@ -34,7 +34,8 @@ def movielens_slice(movielens, tmp_path_factory) -> Path:
     inter = movielens.interactions
     inter = inter[inter["user_id"].astype(int) <= 300]
     inter.to_csv(folder / "interactions.csv", index=False)
-    movielens.items.rename(columns={"text": "title"}).to_csv(folder / "items.csv", index=False)
+    movielens.items.drop(columns="title").rename(columns={"text": "title"}).to_csv(
+        folder / "items.csv", index=False)
     return folder
 
 

@@ -98,6 +98,7 @@ def test_movielens_from_recbole_wheel(movielens):
     assert first["context_text"] == "a 49 year old man, writer, Thursday afternoon"
     toy_story = movielens.items.set_index("item_id").loc["1"]
     assert toy_story["text"] == "Toy Story (1995). Animation, Children's, Comedy"
+    assert toy_story["title"] == "Toy Story (1995)"
 
 
 def test_movielens_from_grouplens_folder(movielens, tmp_path):

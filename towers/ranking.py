@@ -1,6 +1,8 @@
 """The ranking model: a DCN (cross network + deep layers) that rescores retrieval's top-K."""
 from __future__ import annotations
 
+import numpy as np
+
 import towers  # noqa: F401
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -40,3 +42,19 @@ class Ranker(tfrs.Model):
         features, labels = inputs
         labels = labels / tf.maximum(tf.reduce_sum(labels, axis=1, keepdims=True), 1.0)
         return self.task(labels=labels, predictions=self(features, training=training))
+
+
+def rerank_order(ranker_scores: tf.Tensor, is_new: tf.Tensor) -> tf.Tensor:
+    """Positions [n, k] into retrieval's list: the reranked order.
+
+    Items with interactions are reordered by `ranker_scores` [n, k]; a new item (`is_new`
+    [n, k], no interactions yet) keeps the slot retrieval gave it. The ranker's strongest
+    features (co-occurrence, popularity) are behavioural, so it would bury every new item;
+    holding their slots keeps the cold-start promise while the rest is reranked.
+    """
+    is_new = tf.cast(is_new, tf.bool)
+    warm_first = tf.argsort(tf.where(is_new, -np.inf, ranker_scores), axis=1,
+                            direction="DESCENDING", stable=True)
+    warm_slot = tf.cumsum(tf.cast(~is_new, tf.int32), axis=1) - 1
+    from_warm = tf.gather(warm_first, tf.maximum(warm_slot, 0), batch_dims=1)
+    return tf.where(is_new, tf.range(tf.shape(is_new)[1])[None, :], from_warm)
