@@ -1,11 +1,11 @@
 """Server-side batching, like TF Serving's `--enable_batching`: concurrent requests to the same
 (model, version, signature) are concatenated along dim 0, run once, and the outputs split.
 
-A queue per key collects requests; a batch runs when it holds `max_batch_size` rows or its
-oldest request has waited `batch_timeout`. Only requests whose inputs agree on dtype and on
-every dimension but the first are merged (the others wait for the next batch, which is due
-at once). A request of `max_batch_size` rows or more runs alone. If a merged run fails, each
-request is run alone, so that one bad request fails by itself.
+A queue per key and input shape collects requests (only requests whose inputs agree on
+dtype and on every dimension but the first can be concatenated; the others are batched
+separately); a batch runs when its queue holds `max_batch_size` rows or its oldest request
+has waited `batch_timeout`. A request of `max_batch_size` rows or more runs alone. If a
+merged run fails, each request is run alone, so that one bad request fails by itself.
 """
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ class BatchScheduler:
         with self._cond:
             queued = task.rows < self.max_batch_size and not self._closed
             if queued:
-                self._queues.setdefault(key, (function, collections.deque()))[1].append(task)
+                queue = self._queues.setdefault((key, task.shape_key),
+                                                (function, collections.deque()))
+                queue[1].append(task)
                 self._cond.notify()
         if not queued:
             return function(inputs)
@@ -64,8 +66,14 @@ class BatchScheduler:
             raise task.error
         return task.outputs
 
+    def pending(self) -> int:
+        """Requests waiting in a queue."""
+        with self._cond:
+            return sum(len(queue) for _, queue in self._queues.values())
+
     def close(self):
-        """Runs what is queued, then stops the threads."""
+        """Runs what is queued at once (no more waiting to fill), then stops the threads;
+        later requests run unbatched."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -82,7 +90,7 @@ class BatchScheduler:
                     self._cond.wait(self._until_due())
                     key = self._ready()
                 function, tasks = self._take(key)
-            self._execute(key, function, tasks)
+            self._execute(key[0], function, tasks)
 
     def _ready(self) -> Optional[Hashable]:
         now = time.monotonic()
@@ -99,19 +107,13 @@ class BatchScheduler:
         return max(0.0, oldest + self.timeout - time.monotonic())
 
     def _take(self, key) -> Tuple[Function, List[_Task]]:
-        """The oldest request and the next ones shaped like it, up to max_batch_size rows."""
+        """The oldest requests of a queue, up to max_batch_size rows (at least one)."""
         function, queue = self._queues[key]
-        taken, kept, rows = [], collections.deque(), 0
-        head = queue[0].shape_key
-        for task in queue:
-            if task.shape_key == head and rows + task.rows <= self.max_batch_size:
-                taken.append(task)
-                rows += task.rows
-            else:
-                kept.append(task)
-        if kept:
-            self._queues[key] = (function, kept)
-        else:
+        taken, rows = [], 0
+        while queue and (not taken or rows + queue[0].rows <= self.max_batch_size):
+            taken.append(queue.popleft())
+            rows += taken[-1].rows
+        if not queue:
             del self._queues[key]
         return function, taken
 

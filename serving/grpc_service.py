@@ -1,12 +1,14 @@
 """The gRPC services: tensorflow.serving.PredictionService (Predict, GetModelMetadata) and
-ModelService (GetModelStatus). Other methods answer UNIMPLEMENTED (the stubs' default)."""
+ModelService (GetModelStatus); other methods answer UNIMPLEMENTED. The handlers are
+registered with lenient deserializers, so that a message that is not a valid request proto
+is INVALID_ARGUMENT (gRPC's own handling would answer INTERNAL)."""
 from __future__ import annotations
 
 import logging
+from typing import Callable, Dict, Tuple
 
 import grpc
-from tensorflow_serving.apis import (model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
 from serving.errors import ServingError, invalid
 from serving.metrics import UNKNOWN_MODEL, Metrics
@@ -17,27 +19,12 @@ from serving.tensors import from_ndarray, to_ndarray
 log = logging.getLogger("towerrec.serving")
 
 
-class _Calls:
-    """Runs one call: metrics, and every error as a gRPC status (never a traceback)."""
-
+class Services:
     def __init__(self, predictor: Predictor, metrics: Metrics):
         self.predictor = predictor
+        self.manager = predictor.manager
         self.metrics = metrics
 
-    def call(self, context, api: str, spec, handler):
-        model = spec.name if self.predictor.manager.knows(spec.name) else UNKNOWN_MODEL
-        try:
-            with self.metrics.observe(model, "grpc", api):
-                return handler(spec.version.value if spec.HasField("version") else None,
-                               spec.version_label or None)
-        except ServingError as error:
-            context.abort(error.code, error.message)
-        except Exception:
-            log.exception("gRPC %s failed", api)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
-
-
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _Calls):
     def Predict(self, request, context):
         def predict(version, label):
             servable, signature = self.predictor.resolve(
@@ -54,30 +41,65 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
                 response.outputs[name].CopyFrom(from_ndarray(array))
             return response
 
-        return self.call(context, "predict", request.model_spec, predict)
+        return self._call(context, "predict", request, predict)
 
     def GetModelMetadata(self, request, context):
         def metadata(version, label):
-            servable = self.predictor.manager.get(request.model_spec.name, version, label)
+            servable = self.manager.get(request.model_spec.name, version, label)
             return metadata_response(servable, list(request.metadata_field))
 
-        return self.call(context, "metadata", request.model_spec, metadata)
+        return self._call(context, "metadata", request, metadata)
 
-
-class ModelService(model_service_pb2_grpc.ModelServiceServicer, _Calls):
     def GetModelStatus(self, request, context):
         def status(version, label):
             if label:
-                version = self.predictor.manager.get(request.model_spec.name, None,
-                                                     label).version
-            return status_response(self.predictor.manager.status(request.model_spec.name,
-                                                                 version))
+                version = self.manager.get(request.model_spec.name, None, label).version
+            return status_response(self.manager.status(request.model_spec.name, version))
 
-        return self.call(context, "status", request.model_spec, status)
+        return self._call(context, "status", request, status)
+
+    def _call(self, context, api: str, request, handler: Callable):
+        """Metrics, and every error as a gRPC status (never a traceback)."""
+        model = UNKNOWN_MODEL
+        if request is not None and self.manager.knows(request.model_spec.name):
+            model = request.model_spec.name
+        try:
+            with self.metrics.observe(model, "grpc", api):
+                if request is None:
+                    raise invalid(f"the {api} request is not a valid request message")
+                spec = request.model_spec
+                return handler(spec.version.value if spec.HasField("version") else None,
+                               spec.version_label or None)
+        except ServingError as error:
+            context.abort(error.code, error.message)
+        except Exception:
+            log.exception("gRPC %s failed", api)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+
+
+def _lenient(message_class) -> Callable[[bytes], object]:
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception:  # DecodeError, or RecursionError on absurd nesting
+            return None
+    return parse
 
 
 def add_services(server: grpc.Server, predictor: Predictor, metrics: Metrics):
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(predictor, metrics), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelService(predictor, metrics), server)
+    services = Services(predictor, metrics)
+    methods: Dict[str, Dict[str, Tuple[Callable, type]]] = {
+        "tensorflow.serving.PredictionService": {
+            "Predict": (services.Predict, predict_pb2.PredictRequest),
+            "GetModelMetadata": (services.GetModelMetadata,
+                                 get_model_metadata_pb2.GetModelMetadataRequest)},
+        "tensorflow.serving.ModelService": {
+            "GetModelStatus": (services.GetModelStatus,
+                               get_model_status_pb2.GetModelStatusRequest)},
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
+        name: grpc.unary_unary_rpc_method_handler(
+            function, request_deserializer=_lenient(request_class),
+            response_serializer=lambda message: message.SerializeToString())
+        for name, (function, request_class) in handlers.items()})
+        for service, handlers in methods.items()])

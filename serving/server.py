@@ -107,12 +107,12 @@ class Server:
         if self._rest is not None:
             self._rest.shutdown()          # no new connections
         done = self._grpc.stop(grace)      # no new RPCs; in-flight ones finish
+        if self.predictor.batcher is not None:
+            self.predictor.batcher.close()  # queued requests run now, without waiting
         if self._rest is not None:
             self._rest.drain(grace)
             self._rest.server_close()
         done.wait(grace)
-        if self.predictor.batcher is not None:
-            self.predictor.batcher.close()
         self._stopped.set()
         log.info("stopped")
 
