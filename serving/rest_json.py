@@ -82,7 +82,8 @@ def to_array(value: Any, spec: InputSpec, name: str = "") -> np.ndarray:
         return np.zeros(0)
     name = spec.name
     flat: List[Any] = []
-    shape = _flatten(value, _rank(value) if spec.shape is None else len(spec.shape), flat, name)
+    rank = _rank(value) if spec.shape is None else len(spec.shape)
+    shape = _flatten(value, rank, flat, name, spec)
     if spec.dtype == "string":
         array = np.empty(len(flat), dtype=object)
         array[:] = [_string(v, name) for v in flat]
@@ -103,17 +104,18 @@ def to_array(value: Any, spec: InputSpec, name: str = "") -> np.ndarray:
         raise ValueError(f"input '{name}': a value does not fit {spec.dtype}") from None
 
 
-def _flatten(value: Any, rank: int, flat: List[Any], name: str) -> Tuple[int, ...]:
+def _flatten(value: Any, rank: int, flat: List[Any], name: str,
+             spec: InputSpec) -> Tuple[int, ...]:
     """Appends the leaves of `value` (nested `rank` deep) to `flat`; returns the shape."""
     if rank == 0:
         if isinstance(value, list):
-            raise ValueError(f"input '{name}' is nested deeper than its rank")
+            raise ValueError(f"input '{name}' is nested deeper than {spec.describe()}")
         flat.append(value)
         return ()
     if not isinstance(value, list):
-        raise ValueError(f"input '{name}' must be a list nested {rank} deep, got "
-                         f"{type(value).__name__} {_short(value)}")
-    shapes = {_flatten(v, rank - 1, flat, name) for v in value}
+        raise ValueError(f"input '{name}' must be nested lists like {spec.describe()}, got "
+                         f"{type(value).__name__} {_short(value)} where a list belongs")
+    shapes = {_flatten(v, rank - 1, flat, name, spec) for v in value}
     if len(shapes) > 1:
         raise ValueError(f"input '{name}' is ragged: its lists differ in length")
     inner = shapes.pop() if shapes else (0,) * (rank - 1)
