@@ -242,6 +242,9 @@ def load_ranker(run: Run) -> Ranker:
     ranker = Ranker(saved["num_features"])
     ranker(tf.zeros([1, 1, saved["num_features"]]))
     tf.train.Checkpoint(ranker=ranker).read(str(directory / "weights")).expect_partial()
+    # tf_keras Normalization reads its statistics from tensors computed at build time, not
+    # from the restored variables: recompute them, or the ranker sees unnormalized inputs.
+    ranker.normalize.finalize_state()
     return ranker
 
 

@@ -11,12 +11,15 @@ import pytest
 
 import towers  # noqa: F401
 
-from pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
+from pipelines.evaluate import (candidate_embeddings, query_embeddings, top_k,
+                                training_queries)
 from pipelines.export import example_requests, export_models
+from pipelines.rank import (CandidateLists, history_rows, list_features, load_ranker,
+                            rerank, serving_features, train_ranker)
 from pipelines.train import train
 from tests.conftest import slice_config
 
-MODELS = ["query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_scann"]
+from pipelines.export import MODELS
 K = 20
 
 LOAD_AND_RUN = r"""
@@ -35,10 +38,36 @@ pickle.dump(out, open(sys.argv[2], "wb"))
 @pytest.fixture(scope="module")
 def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_run")
-    run = train(slice_config(movielens_slice, run_dir, **{"training.epochs": 2}),
-                encoder_dir=tiny_encoder_dir, verbose=0)
+    (run_dir / "encoder").symlink_to(tiny_encoder_dir)
+    config = slice_config(movielens_slice, run_dir, **{"training.epochs": 2})
+    run = train(config, verbose=0)
+    train_ranker(config, verbose=0)
     base = run_dir / "models"
     return run, base, export_models(run, base, k=K)
+
+
+def test_catalogue_resolves_ids_and_titles():
+    from pipelines.graphs import Catalogue
+    import tensorflow as tf
+    catalogue = Catalogue(["1", "2", "3"], ["Matrix, The (1999)", "Alien (1979)",
+                                            "Alien (1986)"])
+    history = tf.constant([["the matrix", "ALIEN", "Alien (1986)", "2", "nope", ""]])
+    assert catalogue.resolve(history).numpy().tolist() == [[0, 1, 2, 1, -1, -1]]
+
+
+def test_history_by_title_is_the_history_by_id(exported):
+    run, _, written = exported
+    import tensorflow as tf
+    model = tf.saved_model.load(str(written["retrieval_brute_force"]))
+    titles = run.dataset.items.set_index("item_id")["title"]
+    by_id = [["50", "181"]]
+    by_title = [[titles["50"].upper(), "  " + titles["181"].replace(" ", "  ") + " "]]
+    answers = [model.signatures["serving_default"](
+        user_id=tf.constant([""]), history=tf.constant(history),
+        context_text=tf.constant(["a 30 year old man, engineer, Friday evening"]))
+        for history in (by_id, by_title, [[""]])]
+    np.testing.assert_array_equal(answers[0]["item_ids"], answers[1]["item_ids"])
+    assert not np.array_equal(answers[0]["item_ids"], answers[2]["item_ids"])
 
 
 def test_tf_serving_layout(exported):
@@ -68,18 +97,36 @@ def test_fresh_process_returns_the_in_process_answers(exported, tmp_path):
     expected_query = query_embeddings(run, queries)[:2]
     np.testing.assert_allclose(served["query_tower"]["query_embedding"], expected_query,
                                atol=1e-5)
+    candidates = candidate_embeddings(run)
     np.testing.assert_allclose(served["candidate_tower"]["candidate_embedding"],
-                               candidate_embeddings(run)[:2], atol=1e-5)
-    scores = expected_query @ candidate_embeddings(run).T
-    row_of = {item: row for row, item in enumerate(run.catalogue["item_id"])}
-    for n, history in enumerate(queries.history[:2]):  # a user's history is not returned
-        scores[n, [row_of[i] for i in history if i]] = -np.inf
-    expected_top = np.argsort(-scores, axis=1)[:, :K]
+                               candidates[:2], atol=1e-5)
+    scores = expected_query @ candidates.T
+    history = history_rows(run, queries.history[:2])
+    exclude = [h[h >= 0] for h in history]  # a request's history is not returned
+    expected_top = top_k(scores, exclude, K)
+    expected_ids = run.catalogue["item_id"][expected_top].astype(str)
     for name in ("retrieval_brute_force", "retrieval_scann"):
-        ids = served[name]["item_ids"].astype(str)
-        np.testing.assert_array_equal(ids, run.catalogue["item_id"][expected_top].astype(str))
+        np.testing.assert_array_equal(served[name]["item_ids"].astype(str), expected_ids)
         np.testing.assert_allclose(served[name]["scores"],
                                    np.take_along_axis(scores, expected_top, 1), atol=1e-4)
+
+    ranker, features = load_ranker(run), serving_features(run)
+    asked = requests["ranker"]["item_ids"].astype(str)
+    row_of = {item: row for row, item in enumerate(run.catalogue["item_id"])}
+    asked_rows = np.vectorize(row_of.get)(asked)
+    asked_lists = CandidateLists(asked_rows, np.take_along_axis(scores, asked_rows, 1),
+                                 history, np.zeros(asked_rows.shape, np.float32))
+    np.testing.assert_allclose(
+        served["ranker"]["scores"],
+        ranker(list_features(features, asked_lists), training=False).numpy(), atol=1e-4)
+
+    lists = CandidateLists(expected_top, np.take_along_axis(scores, expected_top, 1),
+                           history, np.zeros(expected_top.shape, np.float32))
+    recommended = rerank(ranker, features, lists)[:, :run.config.ranker.recommended]
+    np.testing.assert_array_equal(served["recommender"]["item_ids"].astype(str),
+                                  run.catalogue["item_id"][recommended].astype(str))
+    np.testing.assert_array_equal(served["recommender"]["titles"].astype(str),
+                                  run.dataset.items["title"].to_numpy()[recommended])
 
 
 def _op_types(path: Path):

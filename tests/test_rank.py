@@ -1,21 +1,35 @@
-"""The ranking stage's data: held-out lists, labels, and a reranking that only reorders."""
+"""The ranking stage: held-out lists, features, a rerank that only reorders and keeps new
+items in their slots, and a saved ranker that scores as the trained one did."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import towers  # noqa: F401
+import tensorflow as tf
+
 from pipelines.evaluate import split_queries
-from pipelines.rank import candidate_lists, hold_out_last, rerank
+from pipelines.rank import (candidate_lists, cooccurrence_neighbours, hold_out_last,
+                            item_tables, list_features, load_ranker, rerank, train_ranker)
 from pipelines.train import train
 from tests.conftest import slice_config
-from towers.ranking import Ranker
+from towers.ranking import rerank_order
+from towers.ranking_features import NO_ROW, NUM_FEATURES, RankingFeatures
 
 
 @pytest.fixture(scope="module")
 def run(tiny_encoder_dir, movielens_slice, tmp_path_factory):
-    config = slice_config(movielens_slice, tmp_path_factory.mktemp("rank_run"),
-                          **{"training.epochs": 2})
-    return train(config, encoder_dir=tiny_encoder_dir, verbose=0)
+    run_dir = tmp_path_factory.mktemp("rank_run")
+    (run_dir / "encoder").symlink_to(tiny_encoder_dir)
+    config = slice_config(movielens_slice, run_dir, **{"training.epochs": 2})
+    return train(config, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def trained_ranker(run):
+    """(two-stage results, the ranker trained in this process)."""
+    results = train_ranker(run.config, verbose=0)
+    return results, load_ranker(run)
 
 
 def test_hold_out_last_is_temporal_per_user(run):
@@ -26,7 +40,19 @@ def test_hold_out_last_is_temporal_per_user(run):
     assert (last.loc[first.index] <= first).all()
 
 
-def test_lists_label_the_held_out_items_and_rerank_only_reorders(run):
+def test_cooccurrence_neighbours_are_items_seen_by_the_same_users():
+    # users 0 and 1 saw items 0 and 1; user 2 saw items 1 and 2; item 3 is new.
+    rows = np.array([0, 1, 0, 1, 1, 2])
+    users = np.array([0, 0, 1, 1, 2, 2])
+    neighbours, weights = cooccurrence_neighbours(rows, users, 4, neighbours=2)
+    assert neighbours[0].tolist() == [1, NO_ROW]
+    assert neighbours[1].tolist() == [0, 2]               # 2 users / sqrt(2*3) > 1 / sqrt(3)
+    assert weights[1, 0] > weights[1, 1] > 0
+    assert neighbours[3].tolist() == [NO_ROW, NO_ROW]     # a new item has no neighbours
+    assert 3 not in neighbours
+
+
+def test_lists_label_the_held_out_items_and_features_are_finite(run):
     queries = split_queries(run, "warm")
     lists = candidate_lists(run, queries, k=50)
     assert lists.rows.shape == (len(queries), 50) == lists.labels.shape
@@ -34,7 +60,38 @@ def test_lists_label_the_held_out_items_and_rerank_only_reorders(run):
                                            queries.exclude):
         np.testing.assert_array_equal(labels, np.isin(rows, targets))
         assert not np.isin(rows, seen).any()  # training items are never candidates
-    ranker = Ranker(lists.features.shape[2])
-    ranker.normalize.adapt(lists.features.reshape(-1, lists.features.shape[2]))
-    reordered = rerank(ranker, lists)
+    features = list_features(RankingFeatures(item_tables(run, run.splits["train"])), lists)
+    assert features.shape == (len(queries), 50, NUM_FEATURES)
+    assert np.isfinite(features).all()
+
+
+def test_rerank_order_keeps_new_items_in_their_slots():
+    scores = tf.constant([[0.1, 0.9, 0.5, 0.3, 0.8]])
+    is_new = tf.constant([[False, True, False, False, True]])
+    # Items 0, 2, 3 are reordered by score (2, 3, 0) into slots 0, 2, 3.
+    assert rerank_order(scores, is_new).numpy().tolist() == [[2, 1, 3, 0, 4]]
+
+
+def test_rerank_only_reorders_and_cold_items_keep_their_slots(run, trained_ranker):
+    _, ranker = trained_ranker
+    features = RankingFeatures(item_tables(run, run.splits["train"]))
+    queries = split_queries(run, "cold_item")
+    lists = candidate_lists(run, queries, k=50)
+    reordered = rerank(ranker, features, lists)
     np.testing.assert_array_equal(np.sort(reordered, axis=1), np.sort(lists.rows, axis=1))
+    new = features.is_new(lists.rows).numpy()
+    assert new.any() and (~new).any()
+    np.testing.assert_array_equal(reordered[new], lists.rows[new])
+    assert (reordered != lists.rows).any()
+
+
+def test_saved_ranker_scores_as_the_trained_one(run, trained_ranker):
+    results, ranker = trained_ranker
+    from pipelines.rank import evaluate_two_stages
+    again = evaluate_two_stages(run, ranker)
+    for stage, splits in results.items():
+        for split, metrics in splits.items():
+            assert again[stage][split] == pytest.approx(metrics, abs=1e-6), (stage, split)
+    assert set(results["retrieval+rerank"]) == {"warm", "cold_item", "cold_user"}
+    assert (results["retrieval+rerank"]["cold_item"]
+            == results["retrieval"]["cold_item"])  # cold items keep their slots
