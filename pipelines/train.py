@@ -5,7 +5,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -110,9 +110,17 @@ class _EpochEvaluation(tf.keras.callbacks.Callback):
                     logs[f"warm_{name}"] = metrics[name]
 
 
-def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2) -> Run:
-    """Trains the two towers and writes weights, vocabularies, logs and checkpoints."""
-    run = prepare(config, encoder_dir)
+def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
+          warm_start: Optional[Callable[[Run], None]] = None,
+          vocabularies: Optional[Vocabularies] = None,
+          epochs: Optional[int] = None) -> Run:
+    """Trains the two towers and writes weights, vocabularies, logs and checkpoints.
+
+    `warm_start(run)`, when given, sets the new model's weights before training (retrain);
+    `vocabularies` then are the extended ones it was built with."""
+    run = prepare(config, encoder_dir, vocabularies=vocabularies)
+    if warm_start is not None:
+        warm_start(run)
     t = config.training
     features = training_features(run)
     print(f"training on {len(features['item_id'])} interactions, "
@@ -132,7 +140,7 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2) 
     ]
     if "warm" in run.splits:
         callbacks.insert(0, _EpochEvaluation(run, log_dir))
-    run.model.fit(data, epochs=t.epochs, callbacks=callbacks, verbose=verbose)
+    run.model.fit(data, epochs=epochs or t.epochs, callbacks=callbacks, verbose=verbose)
     save_model(run)
     return run
 
