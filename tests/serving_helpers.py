@@ -2,6 +2,7 @@
 loopback ports, and small HTTP and version-publishing helpers."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -34,13 +35,21 @@ def tiny_export(tiny_encoder_dir, movielens_slice, tmp_path_factory) -> Dict[str
     return _EXPORTED
 
 
-def in_process(path: Path, request: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """The answer of tf.saved_model.load(path).signatures["serving_default"]."""
+@functools.lru_cache(maxsize=None)
+def _loaded(path: str):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
     import scann  # noqa: F401
 
-    function = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return tf.saved_model.load(path)
+
+
+def in_process(path: Path, request: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The answer of tf.saved_model.load(path).signatures["serving_default"] (loaded once
+    per path)."""
+    import tensorflow as tf
+
+    function = _loaded(str(path)).signatures["serving_default"]
     return {k: v.numpy() for k, v in function(**{k: tf.constant(v)
                                                   for k, v in request.items()}).items()}
 

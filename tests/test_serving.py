@@ -306,8 +306,11 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(exported, tm
         assert metric(server, "towerrec_serving_batch_requests_sum", **labels) == 8
         assert metric(server, "towerrec_serving_batch_rows_sum", **labels) == 8
 
-        # A version label from models.config names a version.
-        answer = client._predict.Predict(_labelled(requests[0], "stable"))
+        # A version label from models.config names a version (4 rows: it runs unbatched).
+        four = {n: np.concatenate([r[n] for r in requests[:4]]) for n in requests[0]}
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                _labelled(four, "stable"))
         assert answer.model_spec.version.value == 1
 
         # Stopping lets a request in flight finish: this one waits in a batch queue (one row
