@@ -60,12 +60,13 @@ class Services:
 
     def _call(self, context, api: str, request, handler: Callable):
         """Metrics, and every error as a gRPC status (never a traceback)."""
+        malformed = isinstance(request, _Malformed)
         model = UNKNOWN_MODEL
-        if request is not None and self.manager.knows(request.model_spec.name):
+        if not malformed and self.manager.knows(request.model_spec.name):
             model = request.model_spec.name
         try:
             with self.metrics.observe(model, "grpc", api):
-                if request is None:
+                if malformed:
                     raise invalid(f"the {api} request is not a valid request message")
                 spec = request.model_spec
                 return handler(spec.version.value if spec.HasField("version") else None,
@@ -77,12 +78,16 @@ class Services:
             context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
 
 
+class _Malformed:
+    """Stands for a request that did not parse (gRPC itself treats None as a failure)."""
+
+
 def _lenient(message_class) -> Callable[[bytes], object]:
     def parse(data: bytes):
         try:
             return message_class.FromString(data)
         except Exception:  # DecodeError, or RecursionError on absurd nesting
-            return None
+            return _Malformed()
     return parse
 
 
