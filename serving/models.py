@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator
 
 import grpc
 import numpy as np
@@ -17,7 +17,7 @@ import towers  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow, for the who
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_log_pb2
 
 from serving.errors import ServingError, first_line, invalid
 from serving.tensors import to_ndarray
@@ -107,27 +107,31 @@ def load_servable(name: str, version: int, path: Path) -> Servable:
 def warm_up(servable: Servable) -> int:
     """Replays assets.extra/tf_serving_warmup_requests (PredictionLog records) as TF Serving
     does, so that the first real request does not pay for tracing. Returns the count."""
-    path = servable.path / WARMUP_FILE
-    if not path.exists():
-        return 0
     count = 0
     try:
-        for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+        for request in warmup_requests(servable.path):
             count += 1
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            if entry.WhichOneof("log_type") != "predict_log":
-                raise invalid("only predict_log records are supported")
-            request = entry.predict_log.request
             signature = servable.signature(request.model_spec.signature_name)
             arrays = {n: to_ndarray(t, n) for n, t in request.inputs.items()}
             validate(signature.inputs, arrays)
             signature.run(arrays)
-    except ServingError as e:
-        raise ServingError(e.code, f"warm-up request {count} failed: {e.message}") from None
     except Exception as e:
-        raise ServingError(grpc.StatusCode.DATA_LOSS,
-                           f"warm-up request {count} failed: {first_line(e)}") from None
+        code = e.code if isinstance(e, ServingError) else grpc.StatusCode.DATA_LOSS
+        message = e.message if isinstance(e, ServingError) else first_line(e)
+        raise ServingError(code, f"warm-up request {max(count, 1)} failed: {message}") from None
     return count
+
+
+def warmup_requests(version_path: Path) -> Iterator[predict_pb2.PredictRequest]:
+    """The PredictRequests of a version's warm-up file (none if it has no file)."""
+    path = Path(version_path) / WARMUP_FILE
+    if not path.exists():
+        return
+    for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if entry.WhichOneof("log_type") != "predict_log":
+            raise invalid("only predict_log records are supported")
+        yield entry.predict_log.request
 
 
 def _input_spec(name: str, spec: tf.TensorSpec) -> InputSpec:

@@ -174,7 +174,8 @@ def test_first_line_of_a_tf_error():
                "(most recent call last):\n<stack traces unavailable>\nConcatOp : Dimension 0 "
                "in both shapes must be equal\n\t [[{{node query_tower/concat}}]] "
                "[Op:__inference_signature_wrapper_1]")
-    assert first_line(RuntimeError(message)) == "ConcatOp : Dimension 0 in both shapes must be equal"
+    assert first_line(RuntimeError(message)) == (
+        "ConcatOp : Dimension 0 in both shapes must be equal")
 
 
 def test_models_config(tmp_path):
