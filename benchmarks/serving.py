@@ -1,0 +1,191 @@
+"""`towerrec serve` on loopback: latency and throughput over gRPC, in one run.
+
+    .venv/bin/python benchmarks/serving.py --model-base-path models [--model recommender]
+
+Serves one model (default `recommender`, else `retrieval_brute_force`) from exports made by
+`towerrec export`, in a `towerrec serve` subprocess, twice: batching off, then on. At 1, 8
+and 32 concurrent gRPC clients (one channel each, one-row requests: the first row of the
+version's own warm-up request) it measures p50 and p99 latency and the throughput. In the
+same run it calls the loaded SavedModel in this process (no server) the same way, so that
+the server's overhead is a ratio (p50 at 1 client, server / in-process), and the batching
+gain is a ratio (throughput at the highest concurrency, batching on / off). Every level is
+bounded by a request count and a time limit. Client and server share this machine's cores.
+"""
+from __future__ import annotations
+
+import argparse
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import towers  # noqa: E402,F401  (before TensorFlow)
+from serving.client import RecommenderClient  # noqa: E402
+from serving.manager import versions_on_disk  # noqa: E402
+from serving.models import warmup_requests  # noqa: E402
+from serving.tensors import to_ndarray  # noqa: E402
+
+FALLBACK = "retrieval_brute_force"
+
+
+def pick_model(base: Path, wanted: str | None) -> str:
+    if wanted:
+        return wanted
+    return "recommender" if versions_on_disk(base / "recommender") else FALLBACK
+
+
+def one_row_request(version_path: Path) -> Dict[str, np.ndarray]:
+    request = next(iter(warmup_requests(version_path)), None)
+    if request is None:
+        raise SystemExit(f"{version_path} has no warm-up request to benchmark with")
+    return {name: to_ndarray(tensor, name)[:1] for name, tensor in request.inputs.items()}
+
+
+def load_level(call: Callable[[], object], clients: int, requests: int,
+               max_seconds: float, setup: Callable[[], Callable[[], object]] | None = None):
+    """`clients` threads share `requests` calls (or stop at `max_seconds`); returns
+    (latencies in seconds, wall seconds)."""
+    latencies: List[float] = []
+    lock = threading.Lock()
+    left = [requests]
+    ready = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def worker():
+        own = setup() if setup else call
+        own()  # a first call outside the measurement (connection, metadata)
+        ready.wait()
+        while time.perf_counter() < deadline[0]:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            started = time.perf_counter()
+            own()
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + 3600
+    ready.wait()
+    started = time.perf_counter()
+    deadline[0] = started + max_seconds
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - started
+
+
+def start_server(config: Path, batching: bool, args) -> tuple:
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--model-config-file",
+               str(config), "--port", "0", "--rest-api-port", "-1"]
+    if batching:
+        command += ["--enable-batching", "--max-batch-size", str(args.max_batch_size),
+                    "--batch-timeout-micros", str(args.batch_timeout_micros)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, cwd=Path(__file__).resolve().parents[1])
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout],
+                     daemon=True).start()
+    try:
+        first = lines.get(timeout=300)
+    except queue.Empty:
+        process.kill()
+        raise SystemExit("the server did not start within 300 s")
+    if "gRPC " not in first:
+        process.kill()
+        raise SystemExit(f"the server did not start: {first}")
+    return process, first.split("gRPC ")[1].split(",")[0]
+
+
+def row(label: str, clients: int, latencies: List[float], seconds: float) -> dict:
+    ms = np.array(latencies) * 1000
+    return {"label": label, "clients": clients, "requests": len(ms),
+            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "rps": len(ms) / seconds}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-base-path", default="models")
+    parser.add_argument("--model", default=None,
+                        help="default: recommender, else retrieval_brute_force")
+    parser.add_argument("--clients", default="1,8,32", help="concurrency levels")
+    parser.add_argument("--requests", type=int, default=400, help="per level")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="per level")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-micros", type=int, default=2000)
+    args = parser.parse_args(argv)
+
+    base = Path(args.model_base_path).resolve()
+    model = pick_model(base, args.model)
+    versions = versions_on_disk(base / model)
+    if not versions:
+        raise SystemExit(f"no versions of {model} under {base}")
+    version_path = base / model / str(max(versions))
+    request = one_row_request(version_path)
+    levels = [int(c) for c in args.clients.split(",")]
+    rows = []
+
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+    try:
+        import scann  # noqa: F401
+    except ImportError:
+        pass
+    function = tf.saved_model.load(str(version_path)).signatures["serving_default"]
+    tensors = {k: tf.constant(v) for k, v in request.items()}
+    for clients in levels:
+        rows.append(row("in-process SavedModel", clients, *load_level(
+            lambda: function(**tensors), clients, args.requests, args.max_seconds)))
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "models.config"
+        config.write_text(f'model_config_list {{ config {{ name: "{model}" '
+                          f'base_path: "{base / model}" }} }}')
+        for batching in (False, True):
+            process, address = start_server(config, batching, args)
+            label = "towerrec serve, batching " + ("on" if batching else "off")
+            try:
+                for clients in levels:
+                    def setup():
+                        client = RecommenderClient(address, timeout=60)
+                        return lambda: client.predict(model, request)
+                    rows.append(row(label, clients, *load_level(
+                        None, clients, args.requests, args.max_seconds, setup)))
+            finally:
+                process.terminate()
+                process.wait(60)
+
+    print(f"\n## {model} version {max(versions)} ({base}), one-row requests over gRPC on "
+          f"loopback\n")
+    print("| path | clients | requests | p50 ms | p99 ms | req/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['label']} | {r['clients']} | {r['requests']} | {r['p50']:.2f} | "
+              f"{r['p99']:.2f} | {r['rps']:.0f} |")
+    find = {(r["label"], r["clients"]): r for r in rows}
+    low, high = min(levels), max(levels)
+    off = find[("towerrec serve, batching off", low)]
+    base_row = find[("in-process SavedModel", low)]
+    print(f"\nserver overhead: p50 at {low} client(s) {off['p50'] / base_row['p50']:.2f}x the "
+          f"in-process call ({off['p50']:.2f} ms vs {base_row['p50']:.2f} ms)")
+    on_high = find[("towerrec serve, batching on", high)]
+    off_high = find[("towerrec serve, batching off", high)]
+    print(f"batching gain: throughput at {high} clients {on_high['rps'] / off_high['rps']:.2f}x "
+          f"(on {on_high['rps']:.0f} req/s vs off {off_high['rps']:.0f} req/s; max batch "
+          f"{args.max_batch_size}, timeout {args.batch_timeout_micros} us)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
