@@ -15,8 +15,9 @@ from pipelines.config import Config
 from pipelines.data import ADDED_ITEMS, DataError, items_frame, load_dataset, read_table
 
 
-def read_new_items(path: str, config: Config) -> pd.DataFrame:
-    """A CSV/Parquet of new items, in the columns the config's source declares."""
+def read_new_items(path: str, config: Config, catalogue_ids) -> pd.DataFrame:
+    """A CSV/Parquet of new items, in the columns the config's source declares, checked
+    against the catalogue (`catalogue_ids`): no repeated or existing ids, every item a text."""
     raw = read_table(path, "new items")
     if config.data.source == "movielens-100k":
         from pipelines.movielens import ITEM_COLUMNS, movielens_items
@@ -24,8 +25,19 @@ def read_new_items(path: str, config: Config) -> pd.DataFrame:
         if missing:
             raise DataError(f"new items file {path} is missing column(s) {missing}; "
                             f"MovieLens items need {ITEM_COLUMNS}")
-        return movielens_items(raw)
-    return items_frame(raw, config.data, path)
+        new = movielens_items(raw)
+    else:
+        new = items_frame(raw, config.data, path)
+    if new["item_id"].duplicated().any():
+        raise DataError(f"new items file {path} repeats item_id "
+                        f"{new['item_id'][new['item_id'].duplicated()].iloc[0]!r}")
+    clash = sorted(set(new["item_id"]) & set(catalogue_ids))
+    if clash:
+        raise DataError(f"new items file {path}: item_id(s) already in the catalogue: "
+                        f"{clash[:5]}")
+    if (new["text"].str.len() == 0).any():
+        raise DataError(f"new items file {path}: every new item needs a text")
+    return new
 
 
 def add_items(config: Config, path: str, model_base_path: Optional[Path] = None) -> Dict:
@@ -35,18 +47,7 @@ def add_items(config: Config, path: str, model_base_path: Optional[Path] = None)
     from pipelines.index import INDEX_DIR, build_index
     from pipelines.train import load_run
 
-    new = read_new_items(path, config)
-    if new["item_id"].duplicated().any():
-        raise DataError(f"new items file {path} repeats item_id "
-                        f"{new['item_id'][new['item_id'].duplicated()].iloc[0]!r}")
-    known = set(load_dataset(config).items["item_id"])
-    clash = sorted(set(new["item_id"]) & known)
-    if clash:
-        raise DataError(f"new items file {path}: item_id(s) already in the catalogue: "
-                        f"{clash[:5]}")
-    if (new["text"].str.len() == 0).any():
-        raise DataError(f"new items file {path}: every new item needs a text")
-
+    new = read_new_items(path, config, load_dataset(config).items["item_id"])
     run_path = config.run_path
     added = run_path / ADDED_ITEMS
     previous = pd.read_parquet(added) if added.exists() else None

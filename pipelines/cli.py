@@ -99,6 +99,29 @@ def _train_ranker(args) -> int:
     return 0
 
 
+def _retrain(args) -> int:
+    from pipelines.retrain import retrain
+
+    config = load_config(args.config, _overrides(args))
+    result = retrain(config, args.new_interactions, args.new_items,
+                     Path(args.model_base_path))
+    for name, path in result["published"].items():
+        print(f"{name:24s} {path}")
+    # Exit 3 when the gate refused: scripts can tell "not published" from an error.
+    return 0 if result["published"] else 3
+
+
+def _rollback(args) -> int:
+    from pipelines.export import MODELS
+    from pipelines.retrain import rollback
+
+    models = [m for m in MODELS if (Path(args.model_base_path) / m).is_dir()] \
+        if args.model == "all" else [args.model]
+    for name, path in rollback(Path(args.model_base_path), models).items():
+        print(f"{name:24s} now serves {path}")
+    return 0
+
+
 def _serve(args) -> int:
     import logging
 
@@ -200,6 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("items", help="CSV or Parquet of new items (the items schema)")
     add.add_argument("--model-base-path", default=None,
                      help="also publish new export versions under this base path")
+    retrain = command("retrain", _retrain, "Warm-start from the served model, train on new "
+                      "interactions (and items), and publish new versions of every export "
+                      "only if the gate passes (exit 3 when it refuses).")
+    retrain.add_argument("--new-interactions", required=True,
+                         help="CSV or Parquet of new interactions (the interactions schema)")
+    retrain.add_argument("--new-items", default=None,
+                         help="CSV or Parquet of new items (the items schema)")
+    retrain.add_argument("--model-base-path", default="models",
+                         help="TF Serving model base path (default: models)")
+    rollback = commands.add_parser(
+        "rollback", help="Serve the previous version of a model again.",
+        description="Moves a model's newest version aside (to .rolled-back-<v>-<time>), so "
+        "that the previous version is the newest and a running server serves it.")
+    rollback.set_defaults(handler=_rollback)
+    rollback.add_argument("model", help="model name, or 'all'")
+    rollback.add_argument("--model-base-path", default="models",
+                          help="TF Serving model base path (default: models)")
     serve = commands.add_parser(
         "serve", help="Serve the exports over TF Serving's gRPC and REST APIs.",
         description="Serve every model under --model-base-path (or a TF Serving "

@@ -112,6 +112,18 @@ class RankerConfig:
 
 
 @dataclasses.dataclass
+class RetrainConfig:
+    # Epochs of warm-started training on all data (old + new interactions).
+    epochs: int = 4
+    # The gate: each gate split's NDCG@10 may fall at most this fraction below the
+    # published model's on the same holdout, or nothing is published.
+    tolerance: float = 0.05
+    gate_splits: List[str] = dataclasses.field(default_factory=lambda: ["warm", "recent"])
+    # Versions kept per model in the model base path (older ones are deleted).
+    keep_versions: int = 5
+
+
+@dataclasses.dataclass
 class EvalConfig:
     ks: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
 
@@ -127,6 +139,7 @@ class Config:
     towers: TowerConfig = dataclasses.field(default_factory=TowerConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
+    retrain: RetrainConfig = dataclasses.field(default_factory=RetrainConfig)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     @property

@@ -21,8 +21,10 @@ import pandas as pd
 from pipelines.config import Config, DataConfig
 
 MULTI_VALUE_SEPARATOR = "|"
-# Items added after training (`towerrec add-items`), kept in the run folder.
+# Items added after training (`towerrec add-items`, `retrain`), kept in the run folder,
+# and interactions added by `towerrec retrain`.
 ADDED_ITEMS = "added_items.parquet"
+ADDED_INTERACTIONS = "added_interactions.parquet"
 
 
 class DataError(ValueError):
@@ -58,6 +60,10 @@ def load_dataset(config: Config) -> Dataset:
         if "title" not in added:  # written before items had a title
             added.insert(1, "title", added["text"])
         dataset.items = pd.concat([dataset.items, added], ignore_index=True)
+    added = config.run_path / ADDED_INTERACTIONS
+    if added.exists():
+        dataset.interactions = pd.concat([dataset.interactions, pd.read_parquet(added)],
+                                         ignore_index=True)
     if data.min_rating is not None:
         keep = dataset.interactions["rating"] >= float(data.min_rating)
         dataset.interactions = dataset.interactions[keep].reset_index(drop=True)
@@ -107,10 +113,20 @@ def _numeric(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
 def _load_tabular(data: DataConfig) -> Dataset:
     inter = read_table(data.interactions, "interactions")
     items = read_table(data.items, "items")
-    _require_columns(
-        inter, [data.user_id_column, data.item_id_column, data.timestamp_column,
-                data.rating_column, data.context_column], "interactions", data.interactions)
+    return Dataset(interactions_frame(inter, data), items_frame(items, data),
+                   list(data.categorical_columns), list(data.numeric_columns))
 
+
+def interaction_columns(data: DataConfig) -> List[str]:
+    """The interactions' columns as the config names them (optional roles left out)."""
+    return [c for c in (data.user_id_column, data.item_id_column, data.timestamp_column,
+                        data.rating_column, data.context_column) if c]
+
+
+def interactions_frame(inter: pd.DataFrame, data: DataConfig, path: str = "") -> pd.DataFrame:
+    """A raw interactions table (config column roles) -> the typed interactions frame."""
+    _require_columns(inter, interaction_columns(data), "interactions",
+                     path or data.interactions)
     timestamps = inter[data.timestamp_column]
     if not pd.api.types.is_numeric_dtype(timestamps):
         parsed = pd.to_datetime(timestamps, errors="coerce", utc=True, format="mixed")
@@ -120,7 +136,7 @@ def _load_tabular(data: DataConfig) -> Dataset:
                 f"interactions column '{data.timestamp_column}' must be a number or a "
                 f"date; row {row} has {timestamps.iloc[row]!r}")
         timestamps = parsed.astype("int64") // 10**9
-    interactions = pd.DataFrame({
+    return pd.DataFrame({
         "user_id": inter[data.user_id_column].astype(str),
         "item_id": inter[data.item_id_column].astype(str),
         "timestamp": timestamps.astype("int64"),
@@ -129,9 +145,6 @@ def _load_tabular(data: DataConfig) -> Dataset:
         "context_text": (inter[data.context_column].fillna("").astype(str)
                          if data.context_column else ""),
     })
-
-    return Dataset(interactions, items_frame(items, data), list(data.categorical_columns),
-                   list(data.numeric_columns))
 
 
 def items_frame(items: pd.DataFrame, data: DataConfig, path: str = "") -> pd.DataFrame:

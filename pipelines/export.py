@@ -21,6 +21,7 @@ polls the base path) never sees half a version.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -37,18 +38,27 @@ MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_
           "ranker", "recommender")
 
 
+# Which run folder an export version came from (retrain warm-starts from the served one).
+PROVENANCE = "assets.extra/towerrec_run.json"
+
+
+def versions(model_dir: Path) -> List[int]:
+    """The integer versions in a model folder, oldest first (other names are not versions)."""
+    return sorted(int(p.name) for p in Path(model_dir).glob("*") if p.name.isdigit())
+
+
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.name.isdigit()]
-    return max(versions, default=0) + 1
+    return max(versions(model_dir), default=0) + 1
 
 
-def save_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpec],
-                 output_name: Optional[str], model_dir: Path,
-                 options: tf.saved_model.SaveOptions = SAVE_OPTIONS,
-                 version: Optional[int] = None,
-                 warmup_request: Optional[Dict[str, np.ndarray]] = None) -> Path:
-    """Saves `module` with `serving_default` = function(**signature), atomically, with
-    `warmup_request` as its TF Serving warm-up record."""
+def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpec],
+                  output_name: Optional[str], model_dir: Path,
+                  options: tf.saved_model.SaveOptions = SAVE_OPTIONS,
+                  warmup_request: Optional[Dict[str, np.ndarray]] = None,
+                  provenance: Optional[dict] = None) -> Path:
+    """Saves `module` with `serving_default` = function(**signature) into
+    model_dir/.tmp-<next version>, with `warmup_request` as its TF Serving warm-up record.
+    Nothing polls a dot folder; `publish` renames it into place."""
     @tf.function(input_signature=[signature])
     def serving_default(request):
         outputs = function(request)
@@ -57,16 +67,47 @@ def save_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpec
     module.serving_default = serving_default
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = version or next_version(model_dir)
-    final = model_dir / str(version)
-    tmp = model_dir / f".tmp-{version}"
+    tmp = model_dir / f".tmp-{next_version(model_dir)}"
     shutil.rmtree(tmp, ignore_errors=True)
     tf.saved_model.save(module, str(tmp), signatures={"serving_default": serving_default},
                         options=options)
     if warmup_request is not None:
         write_warmup(tmp, model_dir.name, warmup_request)
-    tmp.rename(final)
-    return final
+    if provenance is not None:
+        (tmp / PROVENANCE).parent.mkdir(exist_ok=True)
+        (tmp / PROVENANCE).write_text(json.dumps(provenance))
+    return tmp
+
+
+def publish(staged: Dict[str, Path]) -> Dict[str, Path]:
+    """Renames each staged .tmp-<v> folder to <v>: one atomic rename per model."""
+    published = {}
+    for name, tmp in staged.items():
+        final = tmp.with_name(tmp.name[len(".tmp-"):])
+        tmp.rename(final)
+        published[name] = final
+    return published
+
+
+def discard(staged: Dict[str, Path]) -> None:
+    for tmp in staged.values():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune_versions(base_path: Path, keep: int) -> List[Path]:
+    """Deletes all but the newest `keep` versions of every model; returns what went."""
+    removed = []
+    for model_dir in sorted(p for p in Path(base_path).iterdir() if p.is_dir()):
+        for version in versions(model_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(model_dir / str(version))
+            removed.append(model_dir / str(version))
+    return removed
+
+
+def served_version(model_dir: Path) -> Optional[Path]:
+    """The version TF Serving serves by default: the newest."""
+    found = versions(model_dir)
+    return Path(model_dir) / str(found[-1]) if found else None
 
 
 def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarray]):
@@ -85,30 +126,38 @@ def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarr
         writer.write(log.SerializeToString())
 
 
+def utf8(values) -> np.ndarray:
+    """Strings (any shape) -> a bytes array, UTF-8, as string tensors want them."""
+    values = np.asarray(values, dtype=object)
+    return np.array([str(v).encode("utf-8") for v in values.ravel()],
+                    dtype=object).reshape(values.shape)
+
+
 def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
     """{model name: a small real request for it}, from the run's data (warm-up, tests)."""
     from pipelines.evaluate import training_queries
 
     queries = training_queries(run, 2)
-    query = {"user_id": queries.user_id[:2].astype(bytes),
-             "history": queries.history[:2].astype(bytes),
-             "context_text": queries.context_text[:2].astype(bytes)}
+    query = {"user_id": utf8(queries.user_id[:2]), "history": utf8(queries.history[:2]),
+             "context_text": utf8(queries.context_text[:2])}
     candidate = {}
     for name, values in run.catalogue.items():
         values = values[:2]
-        candidate[name] = values.astype(bytes) if values.dtype == object else values
+        candidate[name] = utf8(values) if values.dtype == object else values
     ranked = np.stack([run.catalogue["item_id"][:5], run.catalogue["item_id"][5:10]])
     requests = {name: query for name in MODELS}
     requests["candidate_tower"] = candidate
-    requests["ranker"] = {**query, "item_ids": ranked.astype(bytes)}
+    requests["ranker"] = {**query, "item_ids": utf8(ranked)}
     return requests
 
 
 def export_models(run, base_path: Path, k: Optional[int] = None,
-                  models: Optional[List[str]] = None) -> Dict[str, Path]:
-    """Exports every model of `run` under `base_path`, one new version each. `ranker` and
-    `recommender` need a trained ranker (`towerrec train-ranker`); without one they are
-    skipped, with a message."""
+                  models: Optional[List[str]] = None, stage_only: bool = False
+                  ) -> Dict[str, Path]:
+    """Exports every model of `run` under `base_path`, one new version each, all staged
+    first and then renamed into place (with `stage_only`, left staged: see `publish`).
+    `ranker` and `recommender` need a trained ranker (`towerrec train-ranker`); without
+    one they are skipped, with a message."""
     from pipelines.evaluate import candidate_embeddings
     from pipelines.graphs import (BruteForceRetrieval, CandidateModel, Catalogue,
                                   QueryModel, Ranking, Recommender, ScannRetrieval,
@@ -147,13 +196,19 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
             print(f"not exported: {', '.join(skipped)} (no trained ranker: run "
                   f"`towerrec train-ranker --config ...` first)")
     requests = example_requests(run)
-    written = {}
-    for name in wanted:
-        if name in plan:
-            module, function, spec, output, options = plan[name]()
-            written[name] = save_version(module, function, spec, output, base_path / name,
-                                         options, warmup_request=requests[name])
-    return written
+    provenance = {"run_dir": str(Path(run.config.run_dir).resolve())}
+    staged = {}
+    try:
+        for name in wanted:
+            if name in plan:
+                module, function, spec, output, options = plan[name]()
+                staged[name] = stage_version(module, function, spec, output,
+                                             base_path / name, options, requests[name],
+                                             provenance)
+    except BaseException:
+        discard(staged)
+        raise
+    return staged if stage_only else publish(staged)
 
 
 def _scann(module, spec):

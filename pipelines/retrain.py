@@ -1,0 +1,337 @@
+"""`towerrec retrain`: new interactions (and items) -> a warm-started model -> a gated publish.
+
+The served model is the source of truth: each export version records the run folder it
+came from (export.PROVENANCE), and a retrain warm-starts from the run behind the served
+`query_tower`. It builds a new generation, `<run_dir>/generations/NNNN/`, a run folder of
+its own (the previous data plus the new, the previous splits plus a `recent` holdout taken
+from the new interactions), trains it from the previous weights (new user and item ids
+extend the vocabularies; old rows keep their index and weights), stages every export,
+evaluates the staged and the published towers on the same holdout, and publishes only if
+the new model is not worse beyond `retrain.tolerance`.
+
+Nothing published is touched before the gate passes, and each publish is one rename per
+model: a retrain killed at any moment leaves every published version intact. A lock on
+the model base path keeps two retrains apart, and the next retrain clears what a killed
+one left (staged `.tmp-*` folders, unfinished generations).
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+import towers  # noqa: F401
+import tensorflow as tf
+
+from pipelines.config import Config, DataConfig
+from pipelines.data import (ADDED_INTERACTIONS, ADDED_ITEMS, DataError, interaction_columns,
+                            interactions_frame, read_table)
+from pipelines.export import (PROVENANCE, discard, export_models, prune_versions, publish,
+                              served_version, utf8, versions)
+from pipelines.splits import hold_out_last, save_splits
+from pipelines.train import Run, load_run, train
+from towers.retrieval import Vocabularies
+
+GENERATIONS = "generations"
+GENERATION_FILE = "generation.json"  # written when a generation has finished training
+LOCK_FILE = ".towerrec-retrain.lock"
+RECENT = "recent"
+# The interactions' columns of a MovieLens run (the typed frame's own names).
+MOVIELENS_INTERACTIONS = DataConfig(rating_column="rating", context_column="context_text")
+# For crash tests: a retrain stops (sleeps) at the stage this names, to be killed there.
+PAUSE_AT = "TOWERREC_RETRAIN_PAUSE_AT"
+
+
+class GateRefused(Exception):
+    """The retrained model is worse than the published one beyond the tolerance."""
+
+
+def read_new_interactions(path: str, config: Config) -> pd.DataFrame:
+    """A CSV/Parquet of new interactions in the config's interaction columns, checked:
+    no missing or unknown columns, no empty ids, typed timestamps and ratings."""
+    data = (MOVIELENS_INTERACTIONS if config.data.source == "movielens-100k"
+            else config.data)
+    raw = read_table(path, "new interactions")
+    expected = interaction_columns(data)
+    unknown = [c for c in raw.columns if c not in expected]
+    if unknown:
+        raise DataError(f"new interactions file {path} has unknown column(s) {unknown}; "
+                        f"expected {expected}")
+    frame = interactions_frame(raw, data, path)
+    for column in ("user_id", "item_id"):
+        empty = frame[column].isin(["", "nan", "None"])
+        if empty.any():
+            raise DataError(f"new interactions file {path}: row {int(empty.idxmax())} has "
+                            f"an empty {column}")
+    return frame
+
+
+def at_stage(name: str) -> None:
+    """Prints the stage; with TOWERREC_RETRAIN_PAUSE_AT=<name>, waits there (crash tests)."""
+    print(f"retrain: {name}", flush=True)
+    if os.environ.get(PAUSE_AT) == name:
+        time.sleep(3600)
+
+
+@contextmanager
+def exclusive(base_path: Path):
+    """One retrain at a time per model base path (the kernel drops the lock if killed)."""
+    base_path.mkdir(parents=True, exist_ok=True)
+    with open(base_path / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"another retrain holds {base_path / LOCK_FILE}") from None
+        yield
+
+
+def source_run_dir(config: Config, base_path: Path) -> Path:
+    """The run folder behind the served query_tower, else the config's own."""
+    served = served_version(base_path / "query_tower")
+    if served is not None and (served / PROVENANCE).exists():
+        run_dir = Path(json.loads((served / PROVENANCE).read_text())["run_dir"])
+        if (run_dir / "model" / "weights.index").exists():
+            return run_dir
+    return config.run_path
+
+
+def clear_leftovers(config: Config, base_path: Path) -> None:
+    """Removes what a killed retrain left: staged exports and unfinished generations."""
+    for model_dir in (p for p in base_path.iterdir() if p.is_dir()):
+        for tmp in model_dir.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    generations = config.run_path / GENERATIONS
+    if generations.exists():
+        for folder in generations.iterdir():
+            if folder.is_dir() and not (folder / GENERATION_FILE).exists():
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def extend_vocabularies(old: Vocabularies, train_split: pd.DataFrame) -> Vocabularies:
+    """New user and item ids appended: every old id keeps its row."""
+    def extended(known: List[str], seen) -> List[str]:
+        return list(known) + sorted(set(seen) - set(known))
+    return dataclasses.replace(old, user_ids=extended(old.user_ids, train_split["user_id"]),
+                               item_ids=extended(old.item_ids, train_split["item_id"]))
+
+
+def _build(run: Run) -> None:
+    from pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
+    candidate_embeddings(run)
+    query_embeddings(run, training_queries(run, 1))
+
+
+def warm_start_from(previous: Run):
+    """A `train(warm_start=...)` hook: copies every weight of `previous`; a table that grew
+    (new ids) keeps its old rows, and its new rows start as the unknown-id row."""
+    from towers.features import OOV_INDEX
+
+    def initialize(run: Run) -> None:
+        _build(previous)
+        _build(run)
+        old_variables, new_variables = previous.model.variables, run.model.variables
+        if len(old_variables) != len(new_variables):
+            raise DataError("the published model's structure differs from this config's: "
+                            "retrain needs the same tower settings")
+        for old, new in zip(old_variables, new_variables):
+            old_value = old.numpy()
+            if old.shape == new.shape:
+                new.assign(old_value)
+            elif old.shape[1:] == new.shape[1:] and old.shape[0] < new.shape[0]:
+                grown = np.repeat(old_value[OOV_INDEX:OOV_INDEX + 1],
+                                  new.shape[0] - old.shape[0], axis=0)
+                new.assign(np.concatenate([old_value, grown]))
+            else:
+                raise DataError(f"cannot warm-start {new.name}: shape {new.shape} from "
+                                f"{old.shape}; retrain needs the same tower settings")
+    return initialize
+
+
+def export_metrics(query_tower: Path, candidate_tower: Path, run: Run,
+                   splits: List[str]) -> Dict[str, Dict[str, float]]:
+    """{split: metrics} of an exported query/candidate tower pair, from raw requests, on
+    `run`'s splits and catalogue (the same protocol as `towerrec evaluate`)."""
+    from pipelines.evaluate import evaluate_scores, split_queries
+
+    def embed(path: Path, features: Dict[str, np.ndarray], batch_size: int = 512):
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        specs = signature.structured_input_signature[1]
+        out = []
+        for start in range(0, len(next(iter(features.values()))), batch_size):
+            batch = {name: features[name][start:start + batch_size] for name in specs}
+            batch = {name: tf.constant(utf8(values) if specs[name].dtype == tf.string
+                                       else np.asarray(values, np.float32))
+                     for name, values in batch.items()}
+            out.append(next(iter(signature(**batch).values())).numpy())
+        return np.concatenate(out)
+
+    candidates = embed(candidate_tower, run.catalogue)
+    results = {}
+    for split in splits:
+        queries = split_queries(run, split)
+        query = embed(query_tower, {"user_id": queries.user_id, "history": queries.history,
+                                    "context_text": queries.context_text})
+        results[split] = evaluate_scores(query @ candidates.T, queries,
+                                         run.config.evaluation.ks)
+    return results
+
+
+def gate(new: Dict[str, Dict[str, float]], published: Optional[Dict[str, Dict[str, float]]],
+         tolerance: float) -> bool:
+    """Prints both sets of figures; True when no gate split's NDCG@10 fell beyond
+    `tolerance` (relative) below the published model's."""
+    if published is None:
+        print("gate: nothing published yet -> publish")
+        return True
+    passed = True
+    for split in new:
+        before, after = published[split]["ndcg_at_10"], new[split]["ndcg_at_10"]
+        floor = before * (1 - tolerance)
+        ok = after >= floor
+        passed &= ok
+        print(f"gate: {split:8s} NDCG@10 published {before:.4f}, retrained {after:.4f}, "
+              f"floor {floor:.4f} -> {'ok' if ok else 'WORSE'}  (Recall@100 "
+              f"{published[split]['recall_at_100']:.4f} -> {new[split]['recall_at_100']:.4f})")
+    print(f"gate: {'passed -> publish' if passed else 'refused -> nothing published'}")
+    return passed
+
+
+def _next_generation(config: Config) -> Path:
+    folder = config.run_path / GENERATIONS
+    numbers = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if \
+        folder.exists() else []
+    return folder / f"{max(numbers, default=0) + 1:04d}"
+
+
+def _write_generation_data(previous: Run, generation: Path, new_interactions: pd.DataFrame,
+                           new_items: Optional[pd.DataFrame], holdout_fraction: float):
+    """The generation's data (previous additions + new) and splits (previous + recent)."""
+    generation.mkdir(parents=True)
+    encoder = (previous.config.run_path / "encoder").resolve()
+    (generation / "encoder").symlink_to(encoder, target_is_directory=True)
+    for name, new in ((ADDED_ITEMS, new_items), (ADDED_INTERACTIONS, new_interactions)):
+        old = previous.config.run_path / name
+        frames = ([pd.read_parquet(old)] if old.exists() else []) + (
+            [new] if new is not None else [])
+        if frames:
+            pd.concat(frames, ignore_index=True).to_parquet(generation / name, index=False)
+    ranker = previous.config.run_path / "ranker"
+    if (ranker / "weights.index").exists():  # the ranker is kept; its tables are rebuilt
+        (generation / "ranker").mkdir()
+        for path in ranker.glob("*"):
+            if path.is_file():
+                shutil.copy2(path, generation / "ranker" / path.name)
+    earlier, recent = hold_out_last(new_interactions, holdout_fraction)
+    splits = dict(previous.splits)
+    splits["train"] = pd.concat([previous.splits["train"], earlier], ignore_index=True)
+    splits[RECENT] = recent
+    save_splits(splits, generation / "splits")
+
+
+def retrain(config: Config, new_interactions: str, new_items: Optional[str] = None,
+            base_path: Path = Path("models"), verbose: int = 2) -> Dict:
+    """Retrains on new data and publishes through the gate. Returns {"published": {model:
+    version path} (empty when refused), "metrics": {...}, "generation": path}."""
+    base_path = Path(base_path)
+    interactions = read_new_interactions(new_interactions, config)
+    with exclusive(base_path):
+        clear_leftovers(config, base_path)
+        source = source_run_dir(config, base_path)
+        previous = load_run(dataclasses.replace(config, run_dir=str(source)))
+        print(f"retrain: warm start from {source}")
+        items = None
+        if new_items:
+            from pipelines.add_items import read_new_items
+            items = read_new_items(new_items, config, previous.catalogue["item_id"])
+        known = set(previous.catalogue["item_id"]) | set(
+            items["item_id"] if items is not None else [])
+        unknown = sorted(set(interactions["item_id"]) - known)
+        if unknown:
+            raise DataError(f"new interactions file {new_interactions} names item(s) not in "
+                            f"the catalogue nor the new items: {unknown[:5]}")
+
+        generation = _next_generation(config)
+        _write_generation_data(previous, generation, interactions, items,
+                               config.split.warm_test_fraction)
+        gen_config = dataclasses.replace(config, run_dir=str(generation))
+        at_stage("training")
+        splits = pd.read_parquet(generation / "splits" / "train.parquet")
+        run = train(gen_config, verbose=verbose, warm_start=warm_start_from(previous),
+                    vocabularies=extend_vocabularies(previous.vocabularies, splits),
+                    epochs=config.retrain.epochs)
+        (generation / GENERATION_FILE).write_text(json.dumps(
+            {"source": str(source), "new_interactions": len(interactions),
+             "new_items": 0 if items is None else len(items)}))
+
+        at_stage("exporting")
+        staged = export_models(run, base_path, stage_only=True)
+        try:
+            at_stage("gating")
+            gate_splits = [s for s in config.retrain.gate_splits if s in run.splits
+                           and len(run.splits[s])]
+            metrics = {"retrained": export_metrics(staged["query_tower"],
+                                                   staged["candidate_tower"], run,
+                                                   gate_splits)}
+            published = {name: served_version(base_path / name)
+                         for name in ("query_tower", "candidate_tower")}
+            if all(published.values()):
+                metrics["published"] = export_metrics(published["query_tower"],
+                                                      published["candidate_tower"], run,
+                                                      gate_splits)
+            if not gate(metrics["retrained"], metrics.get("published"),
+                        config.retrain.tolerance):
+                discard(staged)
+                return {"published": {}, "metrics": metrics, "generation": generation}
+            at_stage("publishing")
+            result = {}
+            for name in list(staged):
+                result.update(publish({name: staged.pop(name)}))
+                at_stage(f"published {name}")
+        finally:
+            discard(staged)
+        removed = prune_versions(base_path, config.retrain.keep_versions)
+        _prune_generations(config, base_path)
+        print(f"retrain: published {', '.join(f'{n} {p.name}' for n, p in result.items())}"
+              + (f"; removed {len(removed)} old version(s)" if removed else ""))
+        return {"published": result, "metrics": metrics, "generation": generation}
+
+
+def _prune_generations(config: Config, base_path: Path) -> None:
+    """Deletes generations that no kept export version came from."""
+    used = set()
+    for model_dir in (p for p in base_path.iterdir() if p.is_dir()):
+        for version in versions(model_dir):
+            provenance = model_dir / str(version) / PROVENANCE
+            if provenance.exists():
+                used.add(Path(json.loads(provenance.read_text())["run_dir"]).resolve())
+    for folder in (config.run_path / GENERATIONS).glob("[0-9]*"):
+        if folder.resolve() not in used:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def rollback(base_path: Path, models: List[str]) -> Dict[str, Path]:
+    """Makes the previous version of each model the served one: the newest version moves
+    aside to `.rolled-back-<version>-<time>` (not an integer, so no server loads it)."""
+    base_path = Path(base_path)
+    with exclusive(base_path):
+        moved = {}
+        for name in models:
+            found = versions(base_path / name)
+            if not found:
+                raise DataError(f"no model '{name}' under {base_path}")
+            if len(found) < 2:
+                raise DataError(f"{name} has only version {found[0]}: nothing to roll back to")
+            newest = base_path / name / str(found[-1])
+            aside = newest.with_name(f".rolled-back-{found[-1]}-{int(time.time())}")
+            newest.rename(aside)
+            moved[name] = base_path / name / str(found[-2])
+        return moved

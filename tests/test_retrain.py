@@ -1,0 +1,223 @@
+"""Retrain: new data in, a warm-started model, a gate, a publish that a server picks up;
+a worse model is refused; bad data stops before training; SIGKILL loses nothing."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import towers  # noqa: F401
+
+from pipelines.cli import main
+from pipelines.config import load_config, to_dict
+from pipelines.data import DataError, Dataset
+from pipelines.export import MODELS, export_models, versions
+from pipelines.movielens import csv_config_values, write_time_split
+from pipelines.retrain import GENERATIONS, retrain
+from pipelines.train import train
+
+STAR_WARS_FANS_ALSO = ["50", "172", "181"]  # Star Wars, Empire, Return of the Jedi
+PHANTOM = "new-phantom-menace"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(movielens, tmp_path_factory):
+    """300 users' MovieLens, the latest 10% as new data, plus a new item that the new
+    interactions of every Star Wars fan name."""
+    inter = movielens.interactions[movielens.interactions["user_id"].astype(int) <= 300]
+    folder = tmp_path_factory.mktemp("retrain_data")
+    paths = write_time_split(Dataset(inter, movielens.items, ["genres"], ["year"]), folder)
+    new_items = pd.read_csv(paths["new_items"])
+    new_items.loc[len(new_items)] = [PHANTOM, "Star Wars: Episode I (1999)",
+                                     "Action, Adventure, Sci-Fi", "Action|Adventure|Sci-Fi",
+                                     1999]
+    new_items.to_csv(paths["new_items"], index=False)
+    fans = sorted(set(inter.loc[inter["item_id"] == "50", "user_id"]))
+    new = pd.read_csv(paths["new_interactions"])
+    extra = pd.DataFrame({"user_id": fans, "item_id": PHANTOM,
+                          "timestamp": new["timestamp"].max() - 1, "rating": 5.0,
+                          "context_text": "Friday evening"})
+    pd.concat([new, extra]).to_csv(paths["new_interactions"], index=False)
+    return paths
+
+
+def _config(paths, run_dir: Path, **overrides):
+    return load_config(None, {**csv_config_values(paths), "run_dir": str(run_dir),
+                              "encoder.sequence_length": 32, "training.epochs": 2,
+                              "retrain.epochs": 2, "retrain.tolerance": 0.3, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_encoder_dir, data, tmp_path_factory):
+    """A run trained on the old data and its exports (every model but the ranker's)."""
+    folder = tmp_path_factory.mktemp("retrain_published")
+    (folder / "run").mkdir()
+    (folder / "run" / "encoder").symlink_to(tiny_encoder_dir)
+    config = _config(data, folder / "run")
+    export_models(train(config, verbose=0), folder / "models", k=100)
+    return folder / "models"
+
+
+@pytest.fixture
+def published(trained, data, tmp_path):
+    """(config, model base path, config file) of this test's own copy of the exports,
+    whose versions name the trained run as their source."""
+    shutil.copytree(trained, tmp_path / "models")
+    config = _config(data, tmp_path / "run")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(to_dict(config)))
+    return config, tmp_path / "models", config_path
+
+
+def _newest(base: Path):
+    return {name: max(versions(base / name), default=None) for name in MODELS
+            if (base / name).exists()}
+
+
+def _load_every_version(base: Path):
+    code = ("import sys, pathlib, tensorflow as tf, tensorflow_text, scann\n"
+            "for d in sys.argv[1:]: tf.saved_model.load(d).signatures['serving_default']\n")
+    folders = [str(base / m / str(v)) for m in MODELS if (base / m).exists()
+               for v in versions(base / m)]
+    subprocess.run([sys.executable, "-c", code, *folders], check=True, cwd=REPO)
+    return folders
+
+
+def test_retrain_publishes_and_the_server_serves_new_items(published, data):
+    from serving.client import RecommenderClient
+    from serving.server import serve
+    from tests.serving_helpers import wait_for
+
+    config, base, _ = published
+    with serve(model_base_path=str(base), grpc_port=0, rest_port=-1,
+               file_system_poll_wait_seconds=0.2) as server, \
+            RecommenderClient(f"127.0.0.1:{server.grpc_port}") as client:
+        request = {"user_id": [""], "history": [STAR_WARS_FANS_ALSO],
+                   "context_text": ["Friday evening"]}
+        assert client.predict("retrieval_brute_force", request).version == 1
+
+        result = retrain(config, str(data["new_interactions"]), str(data["new_items"]),
+                         base, verbose=0)
+        assert set(result["published"]) == {"query_tower", "candidate_tower",
+                                            "retrieval_brute_force", "retrieval_scann"}
+        assert set(_newest(base).values()) == {2}
+        assert "published" in result["metrics"]  # the gate compared with version 1
+        wait_for(lambda: client.predict("retrieval_brute_force", request).version == 2,
+                 what="the server to serve version 2")
+        answer = client.predict("retrieval_brute_force", request)
+    found = [i.decode() if isinstance(i, bytes) else i for i in answer["item_ids"][0]]
+    assert PHANTOM in found, "the new item is not retrieved for Star Wars fans"
+    generation = Path(result["generation"])
+    assert generation.parent == config.run_path / GENERATIONS
+    assert (generation / "added_items.parquet").exists()
+
+    # Rollback: the previous version is the newest again, the rolled-back one kept aside.
+    assert main(["rollback", "all", "--model-base-path", str(base)]) == 0
+    assert set(_newest(base).values()) == {1}
+    assert list((base / "query_tower").glob(".rolled-back-2-*"))
+
+
+def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monkeypatch):
+    import pipelines.train as train_module
+
+    config, base, _ = published
+    features = train_module.training_features
+
+    def shuffled_labels(run):
+        examples = features(run)
+        order = np.random.default_rng(0).permutation(len(examples["item_id"]))
+        for name in ["item_id", "item_probability", *run.catalogue]:
+            if name in examples:
+                examples[name] = examples[name][order]
+        return examples
+
+    monkeypatch.setattr(train_module, "training_features", shuffled_labels)
+    before = _newest(base)
+    config = dataclasses.replace(config, retrain=dataclasses.replace(
+        config.retrain, epochs=4, tolerance=0.1))
+    result = retrain(config, str(data["new_interactions"]), None, base, verbose=0)
+    assert result["published"] == {}
+    for split, published in result["metrics"]["published"].items():
+        assert result["metrics"]["retrained"][split]["ndcg_at_10"] < 0.9 * published[
+            "ndcg_at_10"]
+    assert _newest(base) == before
+    assert not list(base.glob("*/.tmp-*"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "is empty"),
+    ("user_id,item_id,timestamp,rating,context_text,extra\n1,50,1,5,x,y\n",
+     "unknown column(s) ['extra']"),
+    ("user_id,item_id,rating,context_text\n1,50,5,x\n", "missing column(s) ['timestamp']"),
+    ("user_id,item_id,timestamp,rating,context_text\n1,50,yesterday-ish,5,x\n",
+     "must be a number or a date"),
+    ("user_id,item_id,timestamp,rating,context_text\n1,no-such-item,1,5,x\n",
+     "not in the catalogue"),
+])
+def test_bad_new_data_stops_before_training(published, tmp_path, capsys, content,
+                                            message):
+    _, base, config_path = published
+    before = _newest(base)
+    bad = tmp_path / "new.csv"
+    bad.write_text(content)
+    code = main(["retrain", "--config", str(config_path), "--new-interactions", str(bad),
+                 "--model-base-path", str(base)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / GENERATIONS).exists()
+    assert _newest(base) == before
+
+
+def _retrain_process(config_path: Path, base: Path, data, pause_at: str = ""):
+    env = dict(os.environ, TOWERREC_RETRAIN_PAUSE_AT=pause_at, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "retrain", "--config", str(config_path),
+         "--new-interactions", str(data["new_interactions"]), "--new-items",
+         str(data["new_items"]), "--model-base-path", str(base)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_when(process, line: str, delay: float = 0.0) -> str:
+    seen = []
+    for out in process.stdout:
+        seen.append(out)
+        if out.strip() == line:
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return "".join(seen)
+    raise AssertionError(f"retrain ended before '{line}':\n{''.join(seen)[-3000:]}")
+
+
+def test_sigkill_at_any_stage_loses_nothing(published, data):
+    _, base, config_path = published
+    published = _load_every_version(base)
+    kills = [("retrain: training", 3.0, ""),      # inside model.fit
+             ("retrain: exporting", 2.0, ""),     # while versions are being staged
+             ("retrain: published query_tower", 0.0,  # between two publishing renames
+              "published query_tower")]
+    for line, delay, pause_at in kills:
+        _kill_when(_retrain_process(config_path, base, data, pause_at), line, delay)
+        now = _load_every_version(base)  # every published version still loads
+        assert set(published) <= set(now), line
+    assert _newest(base)["query_tower"] == 2  # the publish that was cut short
+    assert _newest(base)["candidate_tower"] == 1
+
+    finished = _retrain_process(config_path, base, data)
+    output, _ = finished.communicate(timeout=900)
+    assert finished.returncode == 0, output[-3000:]
+    assert not list(base.glob("*/.tmp-*"))
+    newest = _newest(base)
+    assert newest["query_tower"] == 3 and newest["candidate_tower"] == 2
+    _load_every_version(base)
