@@ -155,14 +155,19 @@ def main(argv=None) -> int:
         for batching in (False, True):
             process, address = start_server(config, batching, args)
             label = "towerrec serve, batching " + ("on" if batching else "off")
+            opened: List[RecommenderClient] = []
+
+            def setup():  # one channel per client thread
+                opened.append(RecommenderClient(address, timeout=60))
+                client = opened[-1]
+                return lambda: client.predict(model, request)
             try:
                 for clients in levels:
-                    def setup():
-                        client = RecommenderClient(address, timeout=60)
-                        return lambda: client.predict(model, request)
                     rows.append(row(label, clients, *load_level(
                         None, clients, args.requests, args.max_seconds, setup)))
             finally:
+                for client in opened:
+                    client.close()
                 process.terminate()
                 process.wait(60)
 
