@@ -30,7 +30,7 @@ from serving.rest_json import parse_request, signature_name, to_json
 log = logging.getLogger("towerrec.serving")
 METRICS_PATH = "/monitoring/prometheus/metrics"
 _MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
-                         r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
+                         r"(?:/versions/(?P<version>[0-9]{1,18})|/labels/(?P<label>[^/:]+))?"
                          r"(?P<verb>:predict|:classify|:regress|/metadata)?$")
 
 
