@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/towerrec
 export TOWERREC_CACHE := $(CACHE)
 CONFIG ?= configs/movielens.yaml
+MODELS ?= models
 
 .PHONY: setup demo test benchmark clean
 
@@ -25,14 +26,20 @@ $(CACHE)/recbole-1.2.1-py3-none-any.whl:
 	mkdir -p $(CACHE)
 	$(BIN)/pip download -q --no-deps recbole==1.2.1 -d $(CACHE)
 
+# Train and evaluate, train the ranker, export for TF Serving, serve on localhost, query.
 demo: setup
 	$(BIN)/towerrec train --config $(CONFIG) --evaluate
+	$(BIN)/towerrec train-ranker --config $(CONFIG)
+	$(BIN)/towerrec export --config $(CONFIG) --model-base-path $(MODELS)
+	BIN=$(BIN) MODELS=$(MODELS) scripts/serve_and_query.sh
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 benchmark: setup
 	$(BIN)/python benchmarks/baselines.py --config $(CONFIG)
+	$(BIN)/python benchmarks/index.py
+	$(BIN)/python benchmarks/retrain.py
 
 clean:
-	rm -rf runs
+	rm -rf runs $(MODELS)

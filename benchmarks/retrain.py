@@ -73,7 +73,7 @@ def main() -> int:
     scratch_seconds = time.time() - started
 
     splits = [s for s in config.retrain.gate_splits if s in scratch.splits]
-    table = {"retrain (exported)": result["metrics"]["retrained"],
+    table = {"retrained": result["metrics"]["retrained"],
              "scratch": {s: evaluate_split(scratch, s) for s in splits}}
     if "published" in result["metrics"]:
         table = {"published (before)": result["metrics"]["published"], **table}

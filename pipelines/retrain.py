@@ -36,7 +36,7 @@ from pipelines.config import Config, DataConfig
 from pipelines.data import (ADDED_INTERACTIONS, ADDED_ITEMS, DataError, interaction_columns,
                             interactions_frame, read_table)
 from pipelines.export import (PROVENANCE, discard, export_models, prune_versions, publish,
-                              served_version, utf8, versions)
+                              served_version, versions)
 from pipelines.splits import hold_out_last, save_splits
 from pipelines.train import Run, load_run, train
 from towers.retrieval import Vocabularies
@@ -75,9 +75,9 @@ def read_new_interactions(path: str, config: Config) -> pd.DataFrame:
     return frame
 
 
-def at_stage(name: str) -> None:
+def at_stage(name: str, started: float) -> None:
     """Prints the stage; with TOWERREC_RETRAIN_PAUSE_AT=<name>, waits there (crash tests)."""
-    print(f"retrain: {name}", flush=True)
+    print(f"retrain: {name} ({time.time() - started:.0f}s)", flush=True)
     if os.environ.get(PAUSE_AT) == name:
         time.sleep(3600)
 
@@ -156,33 +156,13 @@ def warm_start_from(previous: Run):
     return initialize
 
 
-def export_metrics(query_tower: Path, candidate_tower: Path, run: Run,
-                   splits: List[str]) -> Dict[str, Dict[str, float]]:
-    """{split: metrics} of an exported query/candidate tower pair, from raw requests, on
-    `run`'s splits and catalogue (the same protocol as `towerrec evaluate`)."""
-    from pipelines.evaluate import evaluate_scores, split_queries
+def holdout_metrics(run: Run, model, splits: List[str]) -> Dict[str, Dict[str, float]]:
+    """{split: metrics} of `model`'s towers on `run`'s splits and catalogue (the same
+    protocol as `towerrec evaluate`; text embeddings come from the shared cache)."""
+    from pipelines.evaluate import evaluate_split
 
-    def embed(path: Path, features: Dict[str, np.ndarray], batch_size: int = 512):
-        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-        specs = signature.structured_input_signature[1]
-        out = []
-        for start in range(0, len(next(iter(features.values()))), batch_size):
-            batch = {name: features[name][start:start + batch_size] for name in specs}
-            batch = {name: tf.constant(utf8(values) if specs[name].dtype == tf.string
-                                       else np.asarray(values, np.float32))
-                     for name, values in batch.items()}
-            out.append(next(iter(signature(**batch).values())).numpy())
-        return np.concatenate(out)
-
-    candidates = embed(candidate_tower, run.catalogue)
-    results = {}
-    for split in splits:
-        queries = split_queries(run, split)
-        query = embed(query_tower, {"user_id": queries.user_id, "history": queries.history,
-                                    "context_text": queries.context_text})
-        results[split] = evaluate_scores(query @ candidates.T, queries,
-                                         run.config.evaluation.ks)
-    return results
+    judged = dataclasses.replace(run, model=model)
+    return {split: evaluate_split(judged, split) for split in splits}
 
 
 def gate(new: Dict[str, Dict[str, float]], published: Optional[Dict[str, Dict[str, float]]],
@@ -241,6 +221,7 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
             base_path: Path = Path("models"), verbose: int = 2) -> Dict:
     """Retrains on new data and publishes through the gate. Returns {"published": {model:
     version path} (empty when refused), "metrics": {...}, "generation": path}."""
+    started = time.time()
     base_path = Path(base_path)
     interactions = read_new_interactions(new_interactions, config)
     with exclusive(base_path):
@@ -258,12 +239,18 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
         if unknown:
             raise DataError(f"new interactions file {new_interactions} names item(s) not in "
                             f"the catalogue nor the new items: {unknown[:5]}")
+        key = ["user_id", "item_id", "timestamp"]
+        repeated = interactions[key].merge(previous.dataset.interactions[key], on=key)
+        if len(repeated):
+            raise DataError(f"new interactions file {new_interactions}: {len(repeated)} "
+                            f"row(s) are in the data already (was it retrained on before?), "
+                            f"e.g. {repeated.iloc[0].to_dict()}")
 
         generation = _next_generation(config)
         _write_generation_data(previous, generation, interactions, items,
                                config.split.warm_test_fraction)
         gen_config = dataclasses.replace(config, run_dir=str(generation))
-        at_stage("training")
+        at_stage("training", started)
         splits = pd.read_parquet(generation / "splits" / "train.parquet")
         run = train(gen_config, verbose=verbose, warm_start=warm_start_from(previous),
                     vocabularies=extend_vocabularies(previous.vocabularies, splits),
@@ -272,36 +259,34 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
             {"source": str(source), "new_interactions": len(interactions),
              "new_items": 0 if items is None else len(items)}))
 
-        at_stage("exporting")
+        at_stage("exporting", started)
         staged = export_models(run, base_path, stage_only=True)
         try:
-            at_stage("gating")
+            at_stage("gating", started)
             gate_splits = [s for s in config.retrain.gate_splits if s in run.splits
                            and len(run.splits[s])]
-            metrics = {"retrained": export_metrics(staged["query_tower"],
-                                                   staged["candidate_tower"], run,
-                                                   gate_splits)}
-            published = {name: served_version(base_path / name)
-                         for name in ("query_tower", "candidate_tower")}
-            if all(published.values()):
-                metrics["published"] = export_metrics(published["query_tower"],
-                                                      published["candidate_tower"], run,
-                                                      gate_splits)
+            # The published exports came from `previous` (their provenance names it), so
+            # its towers are judged here in process, on the same holdout and catalogue.
+            metrics = {"retrained": holdout_metrics(run, run.model, gate_splits),
+                       "published": holdout_metrics(run, previous.model, gate_splits)}
+            if served_version(base_path / "query_tower") is None:
+                del metrics["published"]  # nothing served yet: nothing to compare with
             if not gate(metrics["retrained"], metrics.get("published"),
                         config.retrain.tolerance):
                 discard(staged)
                 return {"published": {}, "metrics": metrics, "generation": generation}
-            at_stage("publishing")
+            at_stage("publishing", started)
             result = {}
             for name in list(staged):
                 result.update(publish({name: staged.pop(name)}))
-                at_stage(f"published {name}")
+                at_stage(f"published {name}", started)
         finally:
             discard(staged)
         removed = prune_versions(base_path, config.retrain.keep_versions)
         _prune_generations(config, base_path)
         print(f"retrain: published {', '.join(f'{n} {p.name}' for n, p in result.items())}"
-              + (f"; removed {len(removed)} old version(s)" if removed else ""))
+              + (f"; removed {len(removed)} old version(s)" if removed else "")
+              + f" ({time.time() - started:.0f}s)")
         return {"published": result, "metrics": metrics, "generation": generation}
 
 

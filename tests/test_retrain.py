@@ -38,7 +38,7 @@ def data(movielens, tmp_path_factory):
     inter = movielens.interactions[movielens.interactions["user_id"].astype(int) <= 300]
     folder = tmp_path_factory.mktemp("retrain_data")
     paths = write_time_split(Dataset(inter, movielens.items, ["genres"], ["year"]), folder)
-    new_items = pd.read_csv(paths["new_items"])
+    new_items = pd.read_csv(paths["new_items"], dtype={"item_id": str})
     new_items.loc[len(new_items)] = [PHANTOM, "Star Wars: Episode I (1999)",
                                      "Action, Adventure, Sci-Fi", "Action|Adventure|Sci-Fi",
                                      1999]
@@ -146,7 +146,8 @@ def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monke
     before = _newest(base)
     config = dataclasses.replace(config, retrain=dataclasses.replace(
         config.retrain, epochs=4, tolerance=0.1))
-    result = retrain(config, str(data["new_interactions"]), None, base, verbose=0)
+    result = retrain(config, str(data["new_interactions"]), str(data["new_items"]), base,
+                     verbose=0)
     assert result["published"] == {}
     for split, published in result["metrics"]["published"].items():
         assert result["metrics"]["retrained"][split]["ndcg_at_10"] < 0.9 * published[
@@ -181,10 +182,11 @@ def test_bad_new_data_stops_before_training(published, tmp_path, capsys, content
 
 def _retrain_process(config_path: Path, base: Path, data, pause_at: str = ""):
     env = dict(os.environ, TOWERREC_RETRAIN_PAUSE_AT=pause_at, PYTHONUNBUFFERED="1")
+    items = ["--new-items", str(data["new_items"])] if data["new_items"] else []
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "retrain", "--config", str(config_path),
-         "--new-interactions", str(data["new_interactions"]), "--new-items",
-         str(data["new_items"]), "--model-base-path", str(base)],
+         "--new-interactions", str(data["new_interactions"]), *items,
+         "--model-base-path", str(base)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -192,7 +194,7 @@ def _kill_when(process, line: str, delay: float = 0.0) -> str:
     seen = []
     for out in process.stdout:
         seen.append(out)
-        if out.strip() == line:
+        if out.startswith(line + " ("):
             time.sleep(delay)
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -214,7 +216,13 @@ def test_sigkill_at_any_stage_loses_nothing(published, data):
     assert _newest(base)["query_tower"] == 2  # the publish that was cut short
     assert _newest(base)["candidate_tower"] == 1
 
-    finished = _retrain_process(config_path, base, data)
+    # The cut-short publish served the new data already: the next retrain brings more.
+    more = pd.read_csv(data["new_interactions"], dtype={"item_id": str, "user_id": str})
+    more["timestamp"] += 86400
+    more_path = base.parent / "more.csv"
+    more.to_csv(more_path, index=False)
+    finished = _retrain_process(config_path, base, {"new_interactions": more_path,
+                                                    "new_items": None})
     output, _ = finished.communicate(timeout=900)
     assert finished.returncode == 0, output[-3000:]
     assert not list(base.glob("*/.tmp-*"))
