@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 import towers  # noqa: F401
-import tensorflow as tf
 
 from pipelines.config import Config, DataConfig
 from pipelines.data import (ADDED_INTERACTIONS, ADDED_ITEMS, DataError, interaction_columns,

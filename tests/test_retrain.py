@@ -20,7 +20,7 @@ import towers  # noqa: F401
 
 from pipelines.cli import main
 from pipelines.config import load_config, to_dict
-from pipelines.data import DataError, Dataset
+from pipelines.data import Dataset
 from pipelines.export import MODELS, export_models, versions
 from pipelines.movielens import csv_config_values, write_time_split
 from pipelines.retrain import GENERATIONS, retrain
