@@ -143,7 +143,8 @@ def _op_types(path: Path):
 def test_brute_force_export_has_no_scann_ops(exported):
     _, _, written = exported
     assert any("Scann" in op for op in _op_types(written["retrieval_scann"]))
-    assert not any("Scann" in op for op in _op_types(written["retrieval_brute_force"]))
+    for name in ("retrieval_brute_force", "ranker", "recommender"):  # stock TF Serving
+        assert not any("Scann" in op for op in _op_types(written[name])), name
 
 
 def test_signatures_are_documented(exported):
@@ -154,7 +155,10 @@ def test_signatures_are_documented(exported):
                 "candidate_tower": ["item_id", "item_text", "genres", "year",
                                     "candidate_embedding"],
                 "retrieval_brute_force": ["user_id", "history", "context_text", "item_ids",
-                                          "scores"]}
+                                          "scores"],
+                "ranker": ["user_id", "history", "context_text", "item_ids", "scores"],
+                "recommender": ["user_id", "history", "context_text", "item_ids", "titles",
+                                "scores"]}
     for name, names in expected.items():
         shown = subprocess.run([str(cli), "show", "--dir", str(written[name]), "--all"],
                                capture_output=True, text=True, check=True).stdout
