@@ -254,7 +254,8 @@ def serving_features(run: Run) -> RankingFeatures:
 
 
 def evaluate_two_stages(run: Run, ranker: Ranker) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{"retrieval": {split: metrics}, "retrieval+rerank": {split: metrics}} at 10."""
+    """{"retrieval": {split: metrics}, "retrieval+rerank": {split: metrics}}: Recall@K for
+    the config's ks (the reranked list is retrieval's top K in another order) and NDCG@10."""
     features = serving_features(run)
     results = {"retrieval": {}, "retrieval+rerank": {}}
     for split in run.splits:
@@ -264,7 +265,7 @@ def evaluate_two_stages(run: Run, ranker: Ranker) -> Dict[str, Dict[str, Dict[st
         lists = candidate_lists(run, queries)
         for name, rows in (("retrieval", lists.rows),
                            ("retrieval+rerank", rerank(ranker, features, lists))):
-            metrics = ranking_metrics(rows[:, :10], queries.targets, ks=(10,))
+            metrics = ranking_metrics(rows, queries.targets, ks=run.config.evaluation.ks)
             metrics["users"] = len(queries)
             results[name][split] = metrics
     return results
