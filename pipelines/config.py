@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import yaml
 
@@ -86,15 +86,40 @@ class TowerConfig:
     dropout: float = 0.1
 
 
+STRATEGIES = ("auto", "default", "mirrored", "tpu")
+MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+JIT_COMPILE = ("auto", True, False)
+
+
 @dataclasses.dataclass
 class TrainingConfig:
     epochs: int = 12
+    # The global batch: split across replicas, each of which softmaxes over its own share.
     batch_size: int = 512
     learning_rate: float = 3e-3
     temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     seed: int = 7
+    # Where training runs (tf.distribute): "auto" is a TPU when one is found, else
+    # MirroredStrategy over several GPUs, else the default strategy (one CPU or GPU);
+    # "mirrored" uses every GPU (or, without one, every logical CPU device).
+    strategy: str = "auto"
+    # XLA-compile the training step: true, false, or "auto" (on for TPU and GPU).
+    jit_compile: Union[bool, str] = "auto"
+    # null, "mixed_float16" (GPU) or "mixed_bfloat16" (TPU): the towers' heads compute in
+    # 16 bits; embeddings, the towers' outputs and the loss stay float32.
+    mixed_precision: Optional[str] = None
+
+    def __post_init__(self):
+        for key, allowed in (("strategy", STRATEGIES), ("jit_compile", JIT_COMPILE),
+                             ("mixed_precision", MIXED_PRECISION)):
+            value = getattr(self, key)
+            # true, false and null by identity: `in` would take 1 and 0 for true and false.
+            if not any(value == a if isinstance(a, str) else value is a for a in allowed):
+                raise ConfigError(
+                    f"training.{key}: {value!r} is not one of "
+                    f"{', '.join('null' if a is None else str(a).lower() for a in allowed)}")
 
 
 @dataclasses.dataclass

@@ -68,8 +68,8 @@ def markdown_table(rows: Dict[str, Dict[str, Dict[str, float]]],
 def _embed(tower, features, text_inputs, batch_size: int = 1024) -> np.ndarray:
     from pipelines.features import tf_dataset
 
-    return np.concatenate([tower(batch, training=False).numpy()
-                           for batch in tf_dataset(features, text_inputs, batch_size)])
+    batches = tf_dataset(features, text_inputs, batch_size, tower.preprocess)
+    return np.concatenate([tower(batch, training=False).numpy() for batch in batches])
 
 
 def candidate_embeddings(run) -> np.ndarray:

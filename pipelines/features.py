@@ -1,13 +1,14 @@
 """Frames -> model features: training examples, evaluation queries, the catalogue.
 
 Text columns are kept as strings here; `TextInputs` turns them into what the towers read:
-cached sentence embeddings (frozen encoder) or token ids (fine-tuning), in tf.data.
+cached sentence embeddings (frozen encoder) or token ids (fine-tuning), in tf.data, where
+the towers' lookups also run (`tf_dataset`), so that the model itself sees only numbers.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import pandas as pd
@@ -121,8 +122,11 @@ def _indexed(texts: np.ndarray):
 
 
 def tf_dataset(features: Dict[str, np.ndarray], text_inputs: TextInputs, batch_size: int,
+               preprocess: Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]],
                shuffle_seed: int = None, drop_remainder: bool = False) -> tf.data.Dataset:
-    """Examples -> batched tf.data; text is looked up per batch from per-text tables."""
+    """Examples -> batched tf.data of what a model reads: text is looked up per batch from
+    per-text tables, then `preprocess` (a tower's or the model's) turns the remaining
+    strings into numbers, here on the host: no string reaches the model."""
     tensors, tables = {}, {}
     for name, values in features.items():
         if name in TEXT_INPUTS:
@@ -135,16 +139,16 @@ def tf_dataset(features: Dict[str, np.ndarray], text_inputs: TextInputs, batch_s
             tensors[name] = values
     tables = {k: tf.nest.map_structure(tf.constant, v) for k, v in tables.items()}
 
-    def add_text(batch):
+    def model_inputs(batch):
         for name, table in tables.items():
             index = batch.pop(name + "_index")
             batch[TEXT_INPUTS[name]] = tf.nest.map_structure(
                 lambda t: tf.gather(t, index), table)
-        return batch
+        return preprocess(batch)
 
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(next(iter(features.values()))), seed=shuffle_seed,
                         reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).map(
-        add_text, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -122,10 +122,11 @@ class QueryModel(tf.Module):
         return self.catalogue.resolve(history)
 
     def embed(self, request):
-        return self.query_tower({
+        features = self.query_tower.preprocess({
             "user_id": request["user_id"],
             "history": self.catalogue.ids(self.history_rows(request)),
-            "context": self.text(request["context_text"])}, training=False)
+            "context": self.text(request["context_text"])})
+        return self.query_tower(features, training=False)
 
 
 class CandidateModel(tf.Module):
@@ -137,7 +138,7 @@ class CandidateModel(tf.Module):
     def embed(self, request):
         features = dict(request)
         features["item_text"] = self.text(request["item_text"])
-        return self.candidate_tower(features, training=False)
+        return self.candidate_tower(self.candidate_tower.preprocess(features), training=False)
 
 
 def without_history(scores, history_rows, rows=None):

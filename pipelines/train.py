@@ -13,8 +13,9 @@ import pandas as pd
 import towers  # noqa: F401
 import tensorflow as tf
 
-from pipelines.config import Config, to_dict
+from pipelines.config import Config, ConfigError, to_dict
 from pipelines.data import Dataset, load_dataset
+from pipelines.distribute import choose_strategy, describe, loss_scaled, use_xla
 from pipelines.features import (TextInputs, catalogue_features, tf_dataset,
                                 training_examples)
 from pipelines.splits import get_splits
@@ -52,8 +53,10 @@ def vocabularies_from(dataset: Dataset, train: pd.DataFrame) -> Vocabularies:
 
 
 def prepare(config: Config, encoder_dir: Optional[Path] = None,
-            vocabularies: Optional[Vocabularies] = None) -> Run:
-    """Loads data and splits, exports the encoder once, builds the (untrained) model.
+            vocabularies: Optional[Vocabularies] = None,
+            strategy: Optional[tf.distribute.Strategy] = None) -> Run:
+    """Loads data and splits, exports the encoder once, builds the (untrained) model, its
+    weights in `strategy`'s scope (None: the default strategy).
 
     `vocabularies` (those a model was trained with) keep the layers' shapes when the
     catalogue has grown since; the history text table always covers today's catalogue.
@@ -71,13 +74,10 @@ def prepare(config: Config, encoder_dir: Optional[Path] = None,
             vocabularies, catalogue_ids=dataset.items["item_id"].tolist())
     catalogue = catalogue_features(dataset)
     catalogue_text = text_inputs.embed(catalogue["item_text"])
-    text_encoder = None
-    if config.encoder.fine_tune:
-        import tensorflow_hub as hub
-        text_encoder = hub.KerasLayer(str(encoder_dir / "encoder"), trainable=True,
-                                      name="text_encoder")
-    model = build_two_tower(vocabularies, catalogue_text, config.towers, config.training,
-                            text_encoder=text_encoder)
+    model = build_two_tower(
+        vocabularies, catalogue_text, config.towers, config.training,
+        encoder_path=str(encoder_dir / "encoder") if config.encoder.fine_tune else None,
+        strategy=strategy)
     return Run(config, dataset, splits, text_inputs, vocabularies, catalogue, model)
 
 
@@ -114,21 +114,30 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
           warm_start: Optional[Callable[[Run], None]] = None,
           vocabularies: Optional[Vocabularies] = None,
           epochs: Optional[int] = None) -> Run:
-    """Trains the two towers and writes weights, vocabularies, logs and checkpoints.
+    """Trains the two towers and writes weights, vocabularies, logs and checkpoints, under
+    the strategy, XLA and precision settings of `config.training`.
 
     `warm_start(run)`, when given, sets the new model's weights before training (retrain);
     `vocabularies` then are the extended ones it was built with."""
-    run = prepare(config, encoder_dir, vocabularies=vocabularies)
+    t = config.training
+    strategy = choose_strategy(t.strategy)
+    xla = use_xla(t.jit_compile, strategy)
+    if t.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"training.batch_size {t.batch_size} does not split evenly over "
+                          f"the replicas ({describe(strategy, xla)})")
+    run = prepare(config, encoder_dir, vocabularies=vocabularies, strategy=strategy)
     if warm_start is not None:
         warm_start(run)
-    t = config.training
     features = training_features(run)
     print(f"training on {len(features['item_id'])} interactions, "
           f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
-          f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}")
-    data = tf_dataset(features, run.text_inputs, t.batch_size, shuffle_seed=t.seed,
-                      drop_remainder=True)
-    run.model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
+          f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
+          f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
+    data = tf_dataset(features, run.text_inputs, t.batch_size, run.model.preprocess,
+                      shuffle_seed=t.seed, drop_remainder=True)
+    with strategy.scope():
+        optimizer = loss_scaled(tf.keras.optimizers.Adam(t.learning_rate), t.mixed_precision)
+        run.model.compile(optimizer=optimizer, xla=xla)
     run_path = config.run_path
     log_dir = run_path / "logs" / time.strftime("%Y%m%d-%H%M%S")
     checkpoint = tf.train.Checkpoint(model=run.model)

@@ -29,7 +29,8 @@ def drop_to_oov(indices: tf.Tensor, rate: float, training) -> tf.Tensor:
 
 
 class MultiHot(tf.keras.layers.Layer):
-    """"a|b" strings [batch] -> multi-hot [batch, len(vocabulary) + 1] (last: unknown)."""
+    """"a|b" strings [batch] -> multi-hot float32 [batch, len(vocabulary) + 1] (column 0:
+    unknown). String ops: for the input pipeline and serving graphs, not a tower's call."""
 
     def __init__(self, vocabulary: Sequence[str], **kwargs):
         super().__init__(**kwargs)
@@ -81,13 +82,23 @@ class TextVector(tf.keras.layers.Layer):
         return self.encoder(inputs, training=training)
 
 
-def mlp(hidden_dim: int, output_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
-    """Dense(hidden, relu) -> Dropout -> Dense(output); the towers' shared head shape."""
+def mlp(hidden_dim: int, output_dim: int, dropout: float, name: str,
+        dtype: Optional[str] = None) -> tf.keras.Sequential:
+    """Dense(hidden, relu) -> Dropout -> Dense(output); the towers' shared head shape.
+
+    `dtype`: a Keras dtype policy such as "mixed_bfloat16" (float32 weights, 16-bit
+    compute and output); None: float32."""
     return tf.keras.Sequential([
-        tf.keras.layers.Dense(hidden_dim, activation="relu"),
-        tf.keras.layers.Dropout(dropout),
-        tf.keras.layers.Dense(output_dim),
+        tf.keras.layers.Dense(hidden_dim, activation="relu", dtype=dtype),
+        tf.keras.layers.Dropout(dropout, dtype=dtype),
+        tf.keras.layers.Dense(output_dim, dtype=dtype),
     ], name=name)
+
+
+def unit_rows(x: tf.Tensor) -> tf.Tensor:
+    """[batch, d] -> float32 [batch, d], each row of length 1. Normalized in float32,
+    whatever precision the head computed in: scores and the loss stay float32."""
+    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=1)
 
 
 def numeric_stats(values: np.ndarray):
