@@ -105,7 +105,8 @@ class TrainingConfig:
     # MirroredStrategy over several GPUs, else the default strategy (one CPU or GPU);
     # "mirrored" uses every GPU (or, without one, every logical CPU device).
     strategy: str = "auto"
-    # XLA-compile the training step: true, false, or "auto" (on for TPU and GPU).
+    # XLA-compile the training step: true, false, or "auto" (on with a GPU). A TPU
+    # compiles the whole step with XLA whatever this says.
     jit_compile: Union[bool, str] = "auto"
     # null, "mixed_float16" (GPU) or "mixed_bfloat16" (TPU): the towers' heads compute in
     # 16 bits; embeddings, the towers' outputs and the loss stay float32.

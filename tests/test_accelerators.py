@@ -78,7 +78,7 @@ def test_mirrored_over_two_devices_with_xla_lowers_the_loss(
     assert len(loss) == 3 and all(np.isfinite(loss))
     assert loss[-1] < 0.97 * loss[0], loss
     assert ndcg[-1] > 1.1 * ndcg[0], ndcg
-    assert "training on" in done.stdout and "MirroredStrategy, 2 replicas, XLA on" in done.stdout
+    assert "MirroredStrategy, 2 replicas, XLA on, float32" in done.stdout
 
 
 def test_strategy_chooser_on_this_cpu_machine():

@@ -45,7 +45,7 @@ class TwoTowerModel(tfrs.Model):
             temperature=temperature,
             remove_accidental_hits=remove_accidental_hits,
             metrics=None)
-        self.xla = False
+        self.xla = False  # set by `compile`
 
     def preprocess(self, features):
         return {**self.query_tower.preprocess(features),
