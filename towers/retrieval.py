@@ -48,6 +48,7 @@ class TwoTowerModel(tfrs.Model):
         self.xla = False  # set by `compile`
 
     def preprocess(self, features):
+        """Raw training examples -> what `compute_loss` reads: numbers only."""
         return {**self.query_tower.preprocess(features),
                 **self.candidate_tower.preprocess(features),
                 "item_probability": features["item_probability"]}
@@ -59,6 +60,8 @@ class TwoTowerModel(tfrs.Model):
             query_embeddings, candidate_embeddings,
             candidate_sampling_probability=(
                 features["item_probability"] if self.logq_correction else None),
+            # Indices, not id strings (XLA has no string ops): every training item has an
+            # index of its own, so equal indices are equal ids.
             candidate_ids=features["item_index"] if self.remove_accidental_hits else None,
             compute_metrics=False)
 
