@@ -164,12 +164,16 @@ def _query(args) -> int:
               "and scores", file=sys.stderr)
         return 2
     ids = answer["item_ids"][0][:args.top]
-    titles = answer["titles"][0][:args.top] if "titles" in answer else None
+    columns = {"rank": [str(rank + 1) for rank in range(len(ids))],
+               "item id": [_text(item) for item in ids]}
+    if "titles" in answer:
+        columns["title"] = [_text(title) for title in answer["titles"][0][:args.top]]
+    columns["score"] = [f"{score:.4f}" for score in answer["scores"][0][:args.top]]
+    if "is_new" in answer:  # a new item holds retrieval's slot: its score is not the order
+        columns["new"] = ["yes" if new else "" for new in answer["is_new"][0][:args.top]]
     print(f"{args.model} version {answer.version}")
-    header = ["rank", "item id"] + (["title"] if titles is not None else []) + ["score"]
-    rows = [[str(rank + 1), _text(item)] + ([_text(titles[rank])] if titles is not None
-                                             else []) + [f"{answer['scores'][0][rank]:.4f}"]
-            for rank, item in enumerate(ids)]
+    header = list(columns)
+    rows = [list(row) for row in zip(*columns.values())]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -11,8 +11,9 @@ has a `serving_default` signature with named inputs and outputs:
                    (pure TensorFlow: loads in stock TF Serving, CPU, GPU or TPU)
 * retrieval_scann: the same through a ScaNN searcher (needs the ScaNN ops)
 * ranker:          the query inputs, item_ids [n, k] str (retrieval's order) -> scores [n, k]
-* recommender:     the query inputs -> item_ids, titles [n, 10] str, scores [n, 10]:
-                   brute-force retrieval of 100, reranked (pure TensorFlow)
+* recommender:     the query inputs -> item_ids, titles [n, 10] str, scores [n, 10],
+                   is_new [n, 10] bool: brute-force retrieval of 100, reranked, a new item
+                   in the slot retrieval gave it (pure TensorFlow)
 
 A history names items by id or by title. The graphs are in pipelines/graphs.py.
 

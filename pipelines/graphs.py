@@ -233,7 +233,8 @@ class Ranking(tf.Module):
 
 class Recommender(tf.Module):
     """One request -> the final top-n: brute-force retrieval of k, reranked, new items in
-    the slots retrieval gave them. Outputs item_ids, titles, scores (the ranker's) [n, top]."""
+    the slots retrieval gave them. Outputs item_ids, titles, scores (the ranker's) and
+    is_new (the item had no interactions, so it holds retrieval's slot) [n, top]."""
 
     def __init__(self, ranking: Ranking, top: int):
         super().__init__()
@@ -243,8 +244,10 @@ class Recommender(tf.Module):
     def recommend(self, request):
         query, rows, _ = self.ranking.retrieval.top_k(request)
         scores = self.ranking.score(request, query, rows)
-        order = rerank_order(scores, self.ranking.features.is_new(rows))[:, :self.top]
+        is_new = self.ranking.features.is_new(rows)
+        order = rerank_order(scores, is_new)[:, :self.top]
         rows = tf.gather(rows, order, batch_dims=1)
         catalogue = self.ranking.retrieval.query.catalogue
         return {"item_ids": catalogue.ids(rows), "titles": tf.gather(catalogue.titles, rows),
-                "scores": tf.gather(scores, order, batch_dims=1)}
+                "scores": tf.gather(scores, order, batch_dims=1),
+                "is_new": tf.gather(is_new, order, batch_dims=1)}

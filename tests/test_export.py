@@ -127,6 +127,8 @@ def test_fresh_process_returns_the_in_process_answers(exported, tmp_path):
                                   run.catalogue["item_id"][recommended].astype(str))
     np.testing.assert_array_equal(served["recommender"]["titles"].astype(str),
                                   run.dataset.items["title"].to_numpy()[recommended])
+    np.testing.assert_array_equal(served["recommender"]["is_new"],
+                                  features.is_new(recommended).numpy())
 
 
 def _op_types(path: Path):
@@ -158,7 +160,7 @@ def test_signatures_are_documented(exported):
                                           "scores"],
                 "ranker": ["user_id", "history", "context_text", "item_ids", "scores"],
                 "recommender": ["user_id", "history", "context_text", "item_ids", "titles",
-                                "scores"]}
+                                "scores", "is_new"]}
     for name, names in expected.items():
         shown = subprocess.run([str(cli), "show", "--dir", str(written[name]), "--all"],
                                capture_output=True, text=True, check=True).stdout
