@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -41,6 +41,8 @@ MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_
 
 # Which run folder an export version came from (retrain warm-starts from the served one).
 PROVENANCE = "assets.extra/towerrec_run.json"
+# In the model base path while a publish renames its versions into place.
+PUBLISH_JOURNAL = ".publishing.json"
 
 
 def versions(model_dir: Path) -> List[int]:
@@ -80,13 +82,44 @@ def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpe
     return tmp
 
 
-def publish(staged: Dict[str, Path]) -> Dict[str, Path]:
-    """Renames each staged .tmp-<v> folder to <v>: one atomic rename per model."""
+def publish(staged: Dict[str, Path],
+            after_each: Optional[Callable[[str], None]] = None) -> Dict[str, Path]:
+    """Renames each staged .tmp-<v> folder to <v>: one atomic rename per model.
+
+    The staged folders are first listed in the base path's journal, so that a publish cut
+    short between two renames is finished by the next one to open the base path
+    (`finish_publish`) and the served models do not stay from two trainings."""
+    if not staged:
+        return {}
+    base_paths = {tmp.parent.parent for tmp in staged.values()}
+    assert len(base_paths) == 1, f"one publish, one model base path: {base_paths}"
+    journal = base_paths.pop() / PUBLISH_JOURNAL
+    written = journal.with_name(journal.name + ".tmp")
+    written.write_text(json.dumps({name: str(tmp) for name, tmp in staged.items()}))
+    written.rename(journal)
     published = {}
     for name, tmp in staged.items():
-        final = tmp.with_name(tmp.name[len(".tmp-"):])
-        tmp.rename(final)
-        published[name] = final
+        published[name] = tmp.rename(tmp.with_name(tmp.name[len(".tmp-"):]))
+        if after_each is not None:
+            after_each(name)
+    journal.unlink()
+    return published
+
+
+def finish_publish(base_path: Path) -> Dict[str, Path]:
+    """Completes a publish that was cut short (its journal is still there): renames the
+    staged folders it lists that are not published yet. Returns what it published."""
+    journal = Path(base_path) / PUBLISH_JOURNAL
+    if not journal.exists():
+        return {}
+    left = {name: Path(tmp) for name, tmp in json.loads(journal.read_text()).items()
+            if Path(tmp).exists()}
+    published = {name: tmp.rename(tmp.with_name(tmp.name[len(".tmp-"):]))
+                 for name, tmp in left.items()}
+    journal.unlink()
+    if published:
+        print("finished a publish that was cut short: "
+              + ", ".join(f"{name} {path.name}" for name, path in published.items()))
     return published
 
 
@@ -167,6 +200,8 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
     from pipelines.rank import load_ranker, ranker_exists, serving_features
 
     base_path = Path(base_path)
+    # A journaled publish names staged folders that staging here would overwrite.
+    finish_publish(base_path)
     k = k or run.config.ranker.retrieved
     text = TextEncoding(run.text_inputs.encoder.directory)
     catalogue = Catalogue(run.catalogue["item_id"], run.dataset.items["title"])

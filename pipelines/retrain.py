@@ -11,8 +11,10 @@ the new model is not worse beyond `retrain.tolerance`.
 
 Nothing published is touched before the gate passes, and each publish is one rename per
 model: a retrain killed at any moment leaves every published version intact. A lock on
-the model base path keeps two retrains apart, and the next retrain clears what a killed
-one left (staged `.tmp-*` folders, unfinished generations).
+the model base path keeps two retrains apart. The next retrain (or rollback) finishes a
+publish that a kill cut short between two renames (its journal lists the staged folders,
+which passed the gate), so the served models end up from one training, and clears what
+else a killed one left (staged `.tmp-*` folders, unfinished generations).
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ import towers  # noqa: F401
 from pipelines.config import Config, DataConfig
 from pipelines.data import (ADDED_INTERACTIONS, ADDED_ITEMS, DataError, interaction_columns,
                             interactions_frame, read_table)
-from pipelines.export import (PROVENANCE, discard, export_models, prune_versions, publish,
-                              served_version, versions)
+from pipelines.export import (PROVENANCE, discard, export_models, finish_publish,
+                              prune_versions, publish, served_version, versions)
 from pipelines.splits import hold_out_last, save_splits
 from pipelines.train import Run, load_run, train
 from towers.retrieval import Vocabularies
@@ -104,7 +106,9 @@ def source_run_dir(config: Config, base_path: Path) -> Path:
 
 
 def clear_leftovers(config: Config, base_path: Path) -> None:
-    """Removes what a killed retrain left: staged exports and unfinished generations."""
+    """Finishes a publish a killed retrain cut short, then removes what else it left:
+    staged exports and unfinished generations."""
+    finish_publish(base_path)
     for model_dir in (p for p in base_path.iterdir() if p.is_dir()):
         for tmp in model_dir.glob(".tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -275,10 +279,8 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
                 discard(staged)
                 return {"published": {}, "metrics": metrics, "generation": generation}
             at_stage("publishing", started)
-            result = {}
-            for name in list(staged):
-                result.update(publish({name: staged.pop(name)}))
-                at_stage(f"published {name}", started)
+            result = publish(staged, lambda name: at_stage(f"published {name}", started))
+            staged = {}
         finally:
             discard(staged)
         removed = prune_versions(base_path, config.retrain.keep_versions)
@@ -307,6 +309,7 @@ def rollback(base_path: Path, models: List[str]) -> Dict[str, Path]:
     aside to `.rolled-back-<version>-<time>` (not an integer, so no server loads it)."""
     base_path = Path(base_path)
     with exclusive(base_path):
+        finish_publish(base_path)  # else "rollback all" would mix two trainings
         moved = {}
         for name in models:
             found = versions(base_path / name)

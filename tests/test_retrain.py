@@ -3,6 +3,7 @@ a worse model is refused; bad data stops before training; SIGKILL loses nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,8 @@ import towers  # noqa: F401
 from pipelines.cli import main
 from pipelines.config import load_config, to_dict
 from pipelines.data import Dataset
-from pipelines.export import MODELS, export_models, versions
+from pipelines.export import (MODELS, PROVENANCE, PUBLISH_JOURNAL, export_models, publish,
+                              versions)
 from pipelines.movielens import csv_config_values, write_time_split
 from pipelines.retrain import GENERATIONS, retrain
 from pipelines.train import train
@@ -215,8 +217,11 @@ def test_sigkill_at_any_stage_loses_nothing(published, data):
         assert set(published) <= set(now), line
     assert _newest(base)["query_tower"] == 2  # the publish that was cut short
     assert _newest(base)["candidate_tower"] == 1
+    assert (base / PUBLISH_JOURNAL).exists()
 
-    # The cut-short publish served the new data already: the next retrain brings more.
+    # The next retrain first finishes that publish (every model at version 2, from one
+    # training), then publishes its own; the cut-short publish served the new data
+    # already, so it brings more.
     more = pd.read_csv(data["new_interactions"], dtype={"item_id": str, "user_id": str})
     more["timestamp"] += 86400
     more_path = base.parent / "more.csv"
@@ -225,7 +230,34 @@ def test_sigkill_at_any_stage_loses_nothing(published, data):
                                                     "new_items": None})
     output, _ = finished.communicate(timeout=900)
     assert finished.returncode == 0, output[-3000:]
-    assert not list(base.glob("*/.tmp-*"))
-    newest = _newest(base)
-    assert newest["query_tower"] == 3 and newest["candidate_tower"] == 2
+    assert "finished a publish that was cut short: candidate_tower 2" in output
+    assert not list(base.glob("*/.tmp-*")) and not (base / PUBLISH_JOURNAL).exists()
+    assert set(_newest(base).values()) == {3}
+    for version in (2, 3):
+        assert len({_provenance(base / name / str(version)) for name in _newest(base)}) == 1
     _load_every_version(base)
+
+
+def _provenance(version_dir: Path) -> str:
+    return json.loads((version_dir / PROVENANCE).read_text())["run_dir"]
+
+
+def test_a_publish_cut_short_is_finished_by_the_next_rollback(tmp_path):
+    staged = {}
+    for name in ("query_tower", "candidate_tower"):
+        for version in ("1", ".tmp-2"):
+            (tmp_path / name / version).mkdir(parents=True)
+        staged[name] = tmp_path / name / ".tmp-2"
+
+    def killed(name):
+        raise KeyboardInterrupt(f"killed after {name}")
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(staged, after_each=killed)
+    assert _newest(tmp_path) == {"query_tower": 2, "candidate_tower": 1}
+    # The rollback finishes the publish first, so every model goes back to the same
+    # training (candidate_tower had no version 2 to roll back from otherwise).
+    assert main(["rollback", "all", "--model-base-path", str(tmp_path)]) == 0
+    assert _newest(tmp_path) == {"query_tower": 1, "candidate_tower": 1}
+    assert not (tmp_path / PUBLISH_JOURNAL).exists()
+    assert sorted(p.name.split("-")[2] for p in tmp_path.glob("*/.rolled-back-*")) == ["2", "2"]
