@@ -2,7 +2,9 @@
 
 The candidate tower embeds a new item from its text and attributes (its id is unknown to
 the model, as for any cold item); the item joins the run's catalogue, the index is rebuilt,
-and, given a model base path, new versions of the exports are published.
+and, given a model base path, new versions of the exports are published. With a base path,
+the run is the newest of the config's and the one behind the served models (a retrain's
+generation), so that adding items never publishes an older model.
 """
 from __future__ import annotations
 
@@ -42,6 +44,16 @@ def read_new_items(path: str, config: Config, catalogue_ids) -> pd.DataFrame:
 
 def add_items(config: Config, path: str, model_base_path: Optional[Path] = None) -> Dict:
     """Adds the items of `path`; returns {"items": frame, "index": settings, "exports": ...}."""
+    from pipelines.publish import exclusive, latest_run_config
+
+    if model_base_path is None:
+        return _add_items(config, path, None)
+    with exclusive(Path(model_base_path)):  # the served run must not move meanwhile
+        return _add_items(latest_run_config(config, Path(model_base_path)), path,
+                          Path(model_base_path))
+
+
+def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Dict:
     from pipelines.evaluate import candidate_embeddings
     from pipelines.export import export_models
     from pipelines.index import INDEX_DIR, build_index
@@ -65,5 +77,5 @@ def add_items(config: Config, path: str, model_base_path: Optional[Path] = None)
             previous.to_parquet(added, index=False)
         raise
     index = build_index(embeddings, run.catalogue["item_id"], run_path / INDEX_DIR)
-    exports = export_models(run, Path(model_base_path)) if model_base_path else {}
+    exports = export_models(run, model_base_path) if model_base_path else {}
     return {"items": new, "index": index, "exports": exports, "run": run}

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import yaml
 
 from pipelines.config import ConfigError, load_config
 from pipelines.data import DataError
@@ -62,10 +63,12 @@ def _index(args) -> int:
 
 def _export(args) -> int:
     from pipelines.export import export_models
+    from pipelines.publish import latest_run_config
     from pipelines.train import load_run
 
-    config = load_config(args.config, _overrides(args))
-    written = export_models(load_run(config), Path(args.model_base_path))
+    base_path = Path(args.model_base_path)
+    config = latest_run_config(load_config(args.config, _overrides(args)), base_path)
+    written = export_models(load_run(config), base_path)
     for name, path in written.items():
         print(f"{name:24s} {path}")
     return 0
@@ -112,8 +115,7 @@ def _retrain(args) -> int:
 
 
 def _rollback(args) -> int:
-    from pipelines.export import MODELS
-    from pipelines.retrain import rollback
+    from pipelines.publish import MODELS, rollback
 
     models = [m for m in MODELS if (Path(args.model_base_path) / m).is_dir()] \
         if args.model == "all" else [args.model]
@@ -268,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{defaults.rest_port})")
     serve.add_argument("--file-system-poll-wait-seconds", type=float,
                        default=defaults.file_system_poll_wait_seconds,
-                       help="how often to look for new versions (default: "
-                       f"{defaults.file_system_poll_wait_seconds:g})")
+                       help="how often to look for new versions; 0 or less: load once, "
+                       f"never poll (default: {defaults.file_system_poll_wait_seconds:g})")
     serve.add_argument("--enable-batching", action="store_true",
                        help="merge concurrent requests into batches (default: off)")
     serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
@@ -305,7 +307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from towers.text_encoder import EncoderError
     try:
         return args.handler(args)
-    except (ConfigError, DataError, EncoderError, FileNotFoundError) as e:
+    except (ConfigError, DataError, EncoderError, OSError, yaml.YAMLError) as e:
         print(f"towerrec {args.command}: error: {e}", file=sys.stderr)
         return 2
 

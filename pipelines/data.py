@@ -136,6 +136,9 @@ def interactions_frame(inter: pd.DataFrame, data: DataConfig, path: str = "") ->
                 f"interactions column '{data.timestamp_column}' must be a number or a "
                 f"date; row {row} has {timestamps.iloc[row]!r}")
         timestamps = parsed.astype("int64") // 10**9
+    elif timestamps.isna().any():
+        raise DataError(f"interactions column '{data.timestamp_column}' is empty in row "
+                        f"{int(timestamps.isna().idxmax())} of {path or data.interactions}")
     return pd.DataFrame({
         "user_id": inter[data.user_id_column].astype(str),
         "item_id": inter[data.item_id_column].astype(str),

@@ -17,43 +17,25 @@ has a `serving_default` signature with named inputs and outputs:
 
 A history names items by id or by title. The graphs are in pipelines/graphs.py.
 
-A version is written to a temporary folder and renamed into place, so a reader (TF Serving
-polls the base path) never sees half a version.
+A version is written to a temporary folder and renamed into place (pipelines/publish.py),
+so a reader (TF Serving polls the base path) never sees half a version.
 """
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 import towers  # noqa: F401
 import tensorflow as tf
 
+from pipelines.publish import (MODELS, PROVENANCE, discard, exclusive, publish,  # noqa: F401
+                               staged_dir)
+
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
-# Every model `export_models` writes, in order (the last two need a trained ranker).
-MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_scann",
-          "ranker", "recommender")
-
-
-# Which run folder an export version came from (retrain warm-starts from the served one).
-PROVENANCE = "assets.extra/towerrec_run.json"
-# In the model base path while a publish renames its versions into place.
-PUBLISH_JOURNAL = ".publishing.json"
-
-
-def versions(model_dir: Path) -> List[int]:
-    """The integer versions in a model folder, oldest first (other names are not versions)."""
-    return sorted(int(p.name) for p in Path(model_dir).glob("*") if p.name.isdigit())
-
-
-def next_version(model_dir: Path) -> int:
-    return max(versions(model_dir), default=0) + 1
-
-
 def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpec],
                   output_name: Optional[str], model_dir: Path,
                   options: tf.saved_model.SaveOptions = SAVE_OPTIONS,
@@ -70,8 +52,7 @@ def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpe
     module.serving_default = serving_default
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".tmp-{next_version(model_dir)}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staged_dir(model_dir)
     tf.saved_model.save(module, str(tmp), signatures={"serving_default": serving_default},
                         options=options)
     if warmup_request is not None:
@@ -80,68 +61,6 @@ def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpe
         (tmp / PROVENANCE).parent.mkdir(exist_ok=True)
         (tmp / PROVENANCE).write_text(json.dumps(provenance))
     return tmp
-
-
-def publish(staged: Dict[str, Path],
-            after_each: Optional[Callable[[str], None]] = None) -> Dict[str, Path]:
-    """Renames each staged .tmp-<v> folder to <v>: one atomic rename per model.
-
-    The staged folders are first listed in the base path's journal, so that a publish cut
-    short between two renames is finished by the next one to open the base path
-    (`finish_publish`) and the served models do not stay from two trainings."""
-    if not staged:
-        return {}
-    base_paths = {tmp.parent.parent for tmp in staged.values()}
-    assert len(base_paths) == 1, f"one publish, one model base path: {base_paths}"
-    journal = base_paths.pop() / PUBLISH_JOURNAL
-    written = journal.with_name(journal.name + ".tmp")
-    written.write_text(json.dumps({name: str(tmp) for name, tmp in staged.items()}))
-    written.rename(journal)
-    published = {}
-    for name, tmp in staged.items():
-        published[name] = tmp.rename(tmp.with_name(tmp.name[len(".tmp-"):]))
-        if after_each is not None:
-            after_each(name)
-    journal.unlink()
-    return published
-
-
-def finish_publish(base_path: Path) -> Dict[str, Path]:
-    """Completes a publish that was cut short (its journal is still there): renames the
-    staged folders it lists that are not published yet. Returns what it published."""
-    journal = Path(base_path) / PUBLISH_JOURNAL
-    if not journal.exists():
-        return {}
-    left = {name: Path(tmp) for name, tmp in json.loads(journal.read_text()).items()
-            if Path(tmp).exists()}
-    published = {name: tmp.rename(tmp.with_name(tmp.name[len(".tmp-"):]))
-                 for name, tmp in left.items()}
-    journal.unlink()
-    if published:
-        print("finished a publish that was cut short: "
-              + ", ".join(f"{name} {path.name}" for name, path in published.items()))
-    return published
-
-
-def discard(staged: Dict[str, Path]) -> None:
-    for tmp in staged.values():
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def prune_versions(base_path: Path, keep: int) -> List[Path]:
-    """Deletes all but the newest `keep` versions of every model; returns what went."""
-    removed = []
-    for model_dir in sorted(p for p in Path(base_path).iterdir() if p.is_dir()):
-        for version in versions(model_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(model_dir / str(version))
-            removed.append(model_dir / str(version))
-    return removed
-
-
-def served_version(model_dir: Path) -> Optional[Path]:
-    """The version TF Serving serves by default: the newest."""
-    found = versions(model_dir)
-    return Path(model_dir) / str(found[-1]) if found else None
 
 
 def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarray]):
@@ -189,7 +108,8 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
                   models: Optional[List[str]] = None, stage_only: bool = False
                   ) -> Dict[str, Path]:
     """Exports every model of `run` under `base_path`, one new version each, all staged
-    first and then renamed into place (with `stage_only`, left staged: see `publish`).
+    first and then renamed into place, under the base path's lock (with `stage_only`, left
+    staged for the caller, who holds the lock, to `publish` or `discard`).
     `ranker` and `recommender` need a trained ranker (`towerrec train-ranker`); without
     one they are skipped, with a message."""
     from pipelines.evaluate import candidate_embeddings
@@ -200,8 +120,6 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
     from pipelines.rank import load_ranker, ranker_exists, serving_features
 
     base_path = Path(base_path)
-    # A journaled publish names staged folders that staging here would overwrite.
-    finish_publish(base_path)
     k = k or run.config.ranker.retrieved
     text = TextEncoding(run.text_inputs.encoder.directory)
     catalogue = Catalogue(run.catalogue["item_id"], run.dataset.items["title"])
@@ -234,17 +152,18 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
     requests = example_requests(run)
     provenance = {"run_dir": str(Path(run.config.run_dir).resolve())}
     staged = {}
-    try:
-        for name in wanted:
-            if name in plan:
-                module, function, spec, output, options = plan[name]()
-                staged[name] = stage_version(module, function, spec, output,
-                                             base_path / name, options, requests[name],
-                                             provenance)
-    except BaseException:
-        discard(staged)
-        raise
-    return staged if stage_only else publish(staged)
+    with exclusive(base_path):
+        try:
+            for name in wanted:
+                if name in plan:
+                    module, function, spec, output, options = plan[name]()
+                    staged[name] = stage_version(module, function, spec, output,
+                                                 base_path / name, options, requests[name],
+                                                 provenance)
+        except BaseException:
+            discard(staged)
+            raise
+        return staged if stage_only else publish(staged)
 
 
 def _scann(module, spec):

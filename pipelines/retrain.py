@@ -1,30 +1,27 @@
 """`towerrec retrain`: new interactions (and items) -> a warm-started model -> a gated publish.
 
 The served model is the source of truth: each export version records the run folder it
-came from (export.PROVENANCE), and a retrain warm-starts from the run behind the served
-`query_tower`. It builds a new generation, `<run_dir>/generations/NNNN/`, a run folder of
-its own (the previous data plus the new, the previous splits plus a `recent` holdout taken
-from the new interactions), trains it from the previous weights (new user and item ids
-extend the vocabularies; old rows keep their index and weights), stages every export,
-evaluates the staged and the published towers on the same holdout, and publishes only if
-the new model is not worse beyond `retrain.tolerance`.
+came from (publish.PROVENANCE), and a retrain warm-starts from the run behind the served
+`query_tower` (or the config's own run, if that was trained later). It builds a new
+generation, `<run_dir>/generations/NNNN/`, a run folder of its own (the previous data plus
+the new; the previous splits, the previous `recent` holdout moved into training, and a new
+`recent` taken from the new interactions), trains it from the previous weights (new user
+and item ids extend the vocabularies; old rows keep their index and weights), stages every
+export, evaluates the staged and the published towers on the same holdout, and publishes
+only if the new model is not worse beyond `retrain.tolerance`.
 
-Nothing published is touched before the gate passes, and each publish is one rename per
-model: a retrain killed at any moment leaves every published version intact. A lock on
-the model base path keeps two retrains apart. The next retrain (or rollback) finishes a
-publish that a kill cut short between two renames (its journal lists the staged folders,
-which passed the gate), so the served models end up from one training, and clears what
-else a killed one left (staged `.tmp-*` folders, unfinished generations).
+Nothing published is touched before the gate passes. The base path's lock and its
+journaled publish (pipelines/publish.py) make a retrain killed at any moment leave every
+published version intact, and the next writer finish a publish cut short; a retrain also
+removes the generations a killed one left unfinished.
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -36,24 +33,20 @@ import towers  # noqa: F401
 from pipelines.config import Config, DataConfig
 from pipelines.data import (ADDED_INTERACTIONS, ADDED_ITEMS, DataError, interaction_columns,
                             interactions_frame, read_table)
-from pipelines.export import (PROVENANCE, discard, export_models, finish_publish,
-                              prune_versions, publish, served_version, versions)
+from pipelines.export import export_models
+from pipelines.publish import (PROVENANCE, discard, exclusive, latest_run_config,
+                               prune_versions, publish, served_version, versions)
 from pipelines.splits import hold_out_last, save_splits
 from pipelines.train import Run, load_run, train
 from towers.retrieval import Vocabularies
 
 GENERATIONS = "generations"
 GENERATION_FILE = "generation.json"  # written when a generation has finished training
-LOCK_FILE = ".towerrec-retrain.lock"
 RECENT = "recent"
 # The interactions' columns of a MovieLens run (the typed frame's own names).
 MOVIELENS_INTERACTIONS = DataConfig(rating_column="rating", context_column="context_text")
 # For crash tests: a retrain stops (sleeps) at the stage this names, to be killed there.
 PAUSE_AT = "TOWERREC_RETRAIN_PAUSE_AT"
-
-
-class GateRefused(Exception):
-    """The retrained model is worse than the published one beyond the tolerance."""
 
 
 def read_new_interactions(path: str, config: Config) -> pd.DataFrame:
@@ -83,35 +76,8 @@ def at_stage(name: str, started: float) -> None:
         time.sleep(3600)
 
 
-@contextmanager
-def exclusive(base_path: Path):
-    """One retrain at a time per model base path (the kernel drops the lock if killed)."""
-    base_path.mkdir(parents=True, exist_ok=True)
-    with open(base_path / LOCK_FILE, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"another retrain holds {base_path / LOCK_FILE}") from None
-        yield
-
-
-def source_run_dir(config: Config, base_path: Path) -> Path:
-    """The run folder behind the served query_tower, else the config's own."""
-    served = served_version(base_path / "query_tower")
-    if served is not None and (served / PROVENANCE).exists():
-        run_dir = Path(json.loads((served / PROVENANCE).read_text())["run_dir"])
-        if (run_dir / "model" / "weights.index").exists():
-            return run_dir
-    return config.run_path
-
-
-def clear_leftovers(config: Config, base_path: Path) -> None:
-    """Finishes a publish a killed retrain cut short, then removes what else it left:
-    staged exports and unfinished generations."""
-    finish_publish(base_path)
-    for model_dir in (p for p in base_path.iterdir() if p.is_dir()):
-        for tmp in model_dir.glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+def clear_unfinished_generations(config: Config) -> None:
+    """Removes the generations a killed retrain left before they finished training."""
     generations = config.run_path / GENERATIONS
     if generations.exists():
         for folder in generations.iterdir():
@@ -168,6 +134,20 @@ def holdout_metrics(run: Run, model, splits: List[str]) -> Dict[str, Dict[str, f
     return {split: evaluate_split(judged, split) for split in splits}
 
 
+def judged_splits(run: Run, names: List[str]) -> List[str]:
+    """The gate splits `run` has users in; says why any other is left out."""
+    judged = []
+    for name in names:
+        if name not in run.splits:
+            print(f"gate: split '{name}' is not one of this run's "
+                  f"({', '.join(s for s in run.splits if s != 'train')}): left out")
+        elif not len(run.splits[name]):
+            print(f"gate: split '{name}' has no held-out interactions: left out")
+        else:
+            judged.append(name)
+    return judged
+
+
 def gate(new: Dict[str, Dict[str, float]], published: Optional[Dict[str, Dict[str, float]]],
          tolerance: float) -> bool:
     """Prints both sets of figures; True when no gate split's NDCG@10 fell beyond
@@ -175,6 +155,10 @@ def gate(new: Dict[str, Dict[str, float]], published: Optional[Dict[str, Dict[st
     if published is None:
         print("gate: nothing published yet -> publish")
         return True
+    if not new:
+        print("gate: no gate split has held-out users, so nothing tells the models apart "
+              "-> refused, nothing published (see retrain.gate_splits)")
+        return False
     passed = True
     for split in new:
         before, after = published[split]["ndcg_at_10"], new[split]["ndcg_at_10"]
@@ -215,7 +199,10 @@ def _write_generation_data(previous: Run, generation: Path, new_interactions: pd
                 shutil.copy2(path, generation / "ranker" / path.name)
     earlier, recent = hold_out_last(new_interactions, holdout_fraction)
     splits = dict(previous.splits)
-    splits["train"] = pd.concat([previous.splits["train"], earlier], ignore_index=True)
+    # The previous generation's recent holdout is trained on now: the newest holdout takes
+    # its place, and no interaction is left out of every later generation.
+    splits["train"] = pd.concat([previous.splits["train"], previous.splits.get(RECENT),
+                                 earlier], ignore_index=True)
     splits[RECENT] = recent
     save_splits(splits, generation / "splits")
 
@@ -228,9 +215,9 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
     base_path = Path(base_path)
     interactions = read_new_interactions(new_interactions, config)
     with exclusive(base_path):
-        clear_leftovers(config, base_path)
-        source = source_run_dir(config, base_path)
-        previous = load_run(dataclasses.replace(config, run_dir=str(source)))
+        clear_unfinished_generations(config)
+        previous = load_run(latest_run_config(config, base_path))
+        source = previous.config.run_path
         print(f"retrain: warm start from {source}")
         items = None
         if new_items:
@@ -266,8 +253,7 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
         staged = export_models(run, base_path, stage_only=True)
         try:
             at_stage("gating", started)
-            gate_splits = [s for s in config.retrain.gate_splits if s in run.splits
-                           and len(run.splits[s])]
+            gate_splits = judged_splits(run, config.retrain.gate_splits)
             # The published exports came from `previous` (their provenance names it), so
             # its towers are judged here in process, on the same holdout and catalogue.
             metrics = {"retrained": holdout_metrics(run, run.model, gate_splits),
@@ -302,23 +288,3 @@ def _prune_generations(config: Config, base_path: Path) -> None:
     for folder in (config.run_path / GENERATIONS).glob("[0-9]*"):
         if folder.resolve() not in used:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def rollback(base_path: Path, models: List[str]) -> Dict[str, Path]:
-    """Makes the previous version of each model the served one: the newest version moves
-    aside to `.rolled-back-<version>-<time>` (not an integer, so no server loads it)."""
-    base_path = Path(base_path)
-    with exclusive(base_path):
-        finish_publish(base_path)  # else "rollback all" would mix two trainings
-        moved = {}
-        for name in models:
-            found = versions(base_path / name)
-            if not found:
-                raise DataError(f"no model '{name}' under {base_path}")
-            if len(found) < 2:
-                raise DataError(f"{name} has only version {found[0]}: nothing to roll back to")
-            newest = base_path / name / str(found[-1])
-            aside = newest.with_name(f".rolled-back-{found[-1]}-{int(time.time())}")
-            newest.rename(aside)
-            moved[name] = base_path / name / str(found[-2])
-        return moved

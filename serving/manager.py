@@ -131,6 +131,10 @@ class ModelManager:
 
     # --- polling ------------------------------------------------------------------------
     def start(self, poll_seconds: float):
+        """Polls every `poll_seconds`; as in TF Serving, 0 or less loads once, no polling."""
+        if poll_seconds <= 0:
+            return
+
         def poll():
             while not self._stop.wait(poll_seconds):
                 self.refresh()

@@ -9,7 +9,7 @@ import yaml
 from pipelines.add_items import add_items
 from pipelines.cli import main
 from pipelines.config import to_dict
-from pipelines.data import DataError
+from pipelines.data import ADDED_ITEMS, DataError
 from pipelines.features import pad_history
 from pipelines.index import Index
 from pipelines.train import train
@@ -64,8 +64,12 @@ def test_added_item_is_retrieved_for_a_matching_query(trained, tmp_path):
 
 def test_existing_id_is_refused_and_nothing_changes(trained, tmp_path):
     before = Index(trained.run_path / "index").item_ids.copy()
+    added = trained.run_path / ADDED_ITEMS
+    added_before = added.read_bytes() if added.exists() else None
     path = tmp_path / "dupe.csv"
     NEW.assign(item_id=["50", "new-3"]).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"already in the catalogue: \['50'\]"):
-        add_items(trained, str(path))
+        add_items(trained, str(path), tmp_path / "models")
     np.testing.assert_array_equal(Index(trained.run_path / "index").item_ids, before)
+    assert (added.read_bytes() if added.exists() else None) == added_before
+    assert not [p for p in (tmp_path / "models").glob("*/*")]  # nothing staged or published

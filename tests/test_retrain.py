@@ -22,10 +22,11 @@ import towers  # noqa: F401
 from pipelines.cli import main
 from pipelines.config import load_config, to_dict
 from pipelines.data import Dataset
-from pipelines.export import (MODELS, PROVENANCE, PUBLISH_JOURNAL, export_models, publish,
-                              versions)
+from pipelines.export import export_models
+from pipelines.publish import (MODELS, PROVENANCE, PUBLISH_JOURNAL, next_version, publish,
+                               versions)
 from pipelines.movielens import csv_config_values, write_time_split
-from pipelines.retrain import GENERATIONS, retrain
+from pipelines.retrain import GENERATIONS, gate, retrain
 from pipelines.train import train
 
 STAR_WARS_FANS_ALSO = ["50", "172", "181"]  # Star Wars, Empire, Return of the Jedi
@@ -101,7 +102,7 @@ def test_retrain_publishes_and_the_server_serves_new_items(published, data):
     from serving.server import serve
     from tests.serving_helpers import wait_for
 
-    config, base, _ = published
+    config, base, config_path = published
     with serve(model_base_path=str(base), grpc_port=0, rest_port=-1,
                file_system_poll_wait_seconds=0.2) as server, \
             RecommenderClient(f"127.0.0.1:{server.grpc_port}") as client:
@@ -124,10 +125,18 @@ def test_retrain_publishes_and_the_server_serves_new_items(published, data):
     assert generation.parent == config.run_path / GENERATIONS
     assert (generation / "added_items.parquet").exists()
 
-    # Rollback: the previous version is the newest again, the rolled-back one kept aside.
+    # `towerrec export` with the same config exports the served generation, not the run
+    # the config names, which predates it.
+    assert main(["export", "--config", str(config_path), "--model-base-path", str(base)]) == 0
+    assert set(_newest(base).values()) == {3}
+    assert _provenance(base / "query_tower" / "3") == str(generation.resolve())
+
+    # Rollback: the previous version is the newest again, the rolled-back one kept aside,
+    # and its number is not given to the next version.
     assert main(["rollback", "all", "--model-base-path", str(base)]) == 0
-    assert set(_newest(base).values()) == {1}
-    assert list((base / "query_tower").glob(".rolled-back-2-*"))
+    assert set(_newest(base).values()) == {2}
+    assert list((base / "query_tower").glob(".rolled-back-3-*"))
+    assert next_version(base / "query_tower") == 4
 
 
 def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monkeypatch):
@@ -237,6 +246,13 @@ def test_sigkill_at_any_stage_loses_nothing(published, data):
         assert len({_provenance(base / name / str(version)) for name in _newest(base)}) == 1
     _load_every_version(base)
 
+    # The previous generation's recent holdout is trained on by the next one.
+    previous, latest = (Path(_provenance(base / "query_tower" / v)) for v in ("2", "3"))
+    recent = pd.read_parquet(previous / "splits" / "recent.parquet")
+    trained_on = pd.read_parquet(latest / "splits" / "train.parquet")
+    key = ["user_id", "item_id", "timestamp"]
+    assert len(recent) and len(recent[key].merge(trained_on[key])) == len(recent)
+
 
 def _provenance(version_dir: Path) -> str:
     return json.loads((version_dir / PROVENANCE).read_text())["run_dir"]
@@ -254,10 +270,33 @@ def test_a_publish_cut_short_is_finished_by_the_next_rollback(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         publish(staged, after_each=killed)
+    # The journal names the staged folders relative to the base path: a later command may
+    # run from another working directory.
+    assert set(json.loads((tmp_path / PUBLISH_JOURNAL).read_text()).values()) == {
+        "query_tower/.tmp-2", "candidate_tower/.tmp-2"}
     assert _newest(tmp_path) == {"query_tower": 2, "candidate_tower": 1}
     # The rollback finishes the publish first, so every model goes back to the same
     # training (candidate_tower had no version 2 to roll back from otherwise).
     assert main(["rollback", "all", "--model-base-path", str(tmp_path)]) == 0
     assert _newest(tmp_path) == {"query_tower": 1, "candidate_tower": 1}
     assert not (tmp_path / PUBLISH_JOURNAL).exists()
+    assert next_version(tmp_path / "query_tower") == 3
     assert sorted(p.name.split("-")[2] for p in tmp_path.glob("*/.rolled-back-*")) == ["2", "2"]
+
+
+def test_rollback_all_moves_nothing_unless_every_model_can_go_back(tmp_path, capsys):
+    for name, numbers in (("query_tower", "12"), ("recommender", "2")):
+        for number in numbers:
+            (tmp_path / name / number).mkdir(parents=True)
+    assert main(["rollback", "all", "--model-base-path", str(tmp_path)]) == 2
+    assert "recommender has only version 2" in capsys.readouterr().err
+    assert _newest(tmp_path) == {"query_tower": 2, "recommender": 2}
+    assert main(["rollback", "all", "--model-base-path", str(tmp_path / "nowhere")]) == 2
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_gate_refuses_when_no_split_can_judge(capsys):
+    published = {"warm": {"ndcg_at_10": 0.2, "recall_at_100": 0.5}}
+    assert not gate({}, published, tolerance=0.05)
+    assert "nothing tells the models apart" in capsys.readouterr().out
+    assert gate({}, None, tolerance=0.05)  # nothing published yet: the first publish
