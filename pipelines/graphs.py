@@ -115,11 +115,14 @@ class QueryModel(tf.Module):
         self.history_length = history_length
 
     def history_rows(self, request):
-        """[n, history_length] catalogue rows of the request's last items, NO_ROW padded."""
-        history = request["history"][:, -self.history_length:]
-        missing = self.history_length - tf.shape(history)[1]
-        history = tf.pad(history, [[0, 0], [missing, 0]], constant_values="")
-        return self.catalogue.resolve(history)
+        """[n, history_length] catalogue rows of the request's last known items, most
+        recent last, NO_ROW padded on the left as in training. A request may pad its
+        history ("") on either side; unknown entries are dropped, not counted."""
+        rows = self.catalogue.resolve(request["history"])
+        known_last = tf.argsort(tf.cast(rows != NO_ROW, tf.int32), axis=1, stable=True)
+        rows = tf.gather(rows, known_last, batch_dims=1)[:, -self.history_length:]
+        missing = self.history_length - tf.shape(rows)[1]
+        return tf.pad(rows, [[0, 0], [missing, 0]], constant_values=NO_ROW)
 
     def embed(self, request):
         features = self.query_tower.preprocess({

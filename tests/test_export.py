@@ -70,6 +70,23 @@ def test_history_by_title_is_the_history_by_id(exported):
     assert not np.array_equal(answers[0]["item_ids"], answers[2]["item_ids"])
 
 
+def test_history_padding_side_does_not_matter(exported):
+    """Left-padded (as in training), right-padded, wider than the tower's 20 items, with
+    an unknown entry: the same last known items, the same answer."""
+    run, _, written = exported
+    import tensorflow as tf
+    model = tf.saved_model.load(str(written["recommender"]))
+    items = list(run.catalogue["item_id"][:21])  # the first falls out of a 20-item history
+    histories = [[""] * 9 + items, items + [""] * 9, items[:10] + ["no such film"] + items[10:]]
+    answers = [model.signatures["serving_default"](
+        user_id=tf.constant([""]), history=tf.constant([history]),
+        context_text=tf.constant(["a 30 year old woman, doctor, Sunday morning"]))
+        for history in histories]
+    for answer in answers[1:]:
+        np.testing.assert_array_equal(answer["item_ids"], answers[0]["item_ids"])
+        np.testing.assert_allclose(answer["scores"], answers[0]["scores"], atol=1e-5)
+
+
 def test_tf_serving_layout(exported):
     run, base, written = exported
     assert sorted(written) == sorted(MODELS)
