@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -153,6 +154,11 @@ class RetrainConfig:
 class EvalConfig:
     ks: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
 
+    def __post_init__(self):
+        if not {10, 100} <= set(self.ks):
+            raise ConfigError(f"evaluation.ks: {self.ks} must include 10 and 100 (the "
+                              "per-epoch metrics and the gate report Recall@10, Recall@100)")
+
 
 @dataclasses.dataclass
 class Config:
@@ -188,8 +194,27 @@ def _build(cls, values: dict, where: str):
         if dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, f"{where}.{key}")
         else:
-            kwargs[key] = value
+            kwargs[key] = _typed(value, fields[key].type, f"{where}.{key}")
     return cls(**kwargs)
+
+
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _typed(value, annotation: str, where: str):
+    """`value` checked against its field's annotation (int, float, bool, str, List[...];
+    Optional and Union fields check themselves); an int is taken for a float."""
+    items = re.fullmatch(r"List\[(\w+)\]", annotation)
+    if items:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {items.group(1)}, got {value!r}")
+        return [_typed(v, items.group(1), where) for v in value]
+    expected = _SCALARS.get(annotation)
+    if expected is None:
+        return value
+    if not isinstance(value, expected) or (isinstance(value, bool) and annotation != "bool"):
+        raise ConfigError(f"{where}: expected {annotation}, got {value!r}")
+    return float(value) if annotation == "float" else value
 
 
 def from_dict(values: dict) -> Config:

@@ -210,6 +210,10 @@ def latest_run_config(config, base_path: Optional[Path]):
     import dataclasses
 
     run_dir = latest_run_dir(config.run_path, base_path)
+    served = served_version(Path(base_path) / "query_tower") if base_path else None
+    if served is not None and served_run_dir(base_path) is None:
+        print(f"warning: the served {served} does not name a run folder that still holds "
+              f"its model; using {config.run_path}, which may not be what is served")
     if run_dir == config.run_path:
         return config
     print(f"using {run_dir}: the run behind the models served from {base_path}, trained "

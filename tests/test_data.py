@@ -1,6 +1,8 @@
 """Data sources and validation: clear errors before any training starts."""
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -77,6 +79,41 @@ def test_empty_files(tmp_path):
 def test_unknown_config_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         load_config(None, {"training.epoch": 3})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("retrain.tolerance", "5%", "retrain.tolerance: expected float, got '5%'"),
+    ("training.epochs", True, "training.epochs: expected int, got True"),
+    ("retrain.gate_splits", "warm", "gate_splits: expected a list of str"),
+    ("evaluation.ks", [5, 20], "must include 10 and 100"),
+])
+def test_config_values_are_typed(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {key: value})
+    assert load_config(None, {"retrain.tolerance": 1}).retrain.tolerance == 1.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("training: [unclosed", "while parsing"),
+    (None, "Is a directory"),
+])
+def test_cli_reports_a_bad_config_file_without_traceback(tmp_path, capsys, text, message):
+    path = tmp_path / "config.yaml"
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("towerrec train: error:") and message in error
+    assert "Traceback" not in error
+
+
+def test_an_empty_timestamp_is_a_data_error(tmp_path):
+    inter = INTERACTIONS.astype({"timestamp": float})
+    inter.loc[1, "timestamp"] = float("nan")
+    with pytest.raises(DataError, match="'timestamp' is empty in row 1"):
+        load_dataset(config_for(tmp_path, inter))
 
 
 def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
