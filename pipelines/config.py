@@ -222,7 +222,8 @@ def from_dict(values: dict) -> Config:
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[dict] = None) -> Config:
-    """Reads a YAML config; relative data paths are taken from the config's folder."""
+    """Reads a YAML config, then applies `overrides` (dotted keys). Relative paths in it
+    are taken from the working directory, as on the command line."""
     values: dict = {}
     if path:
         path = os.fspath(path)
