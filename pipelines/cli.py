@@ -31,7 +31,7 @@ def _evaluate(args) -> int:
     from pipelines.evaluate import METRIC_NOTE, evaluate_run, markdown_table
     from pipelines.train import load_run
 
-    config = load_config(args.config, _overrides(args))
+    config = _run_config(args)
     metrics = evaluate_run(load_run(config))
     table = markdown_table({config.name: metrics})
     print(table)
@@ -46,7 +46,7 @@ def _index(args) -> int:
     from pipelines.index import INDEX_DIR, Index, build_index, recall_against_exact
     from pipelines.train import load_run
 
-    config = load_config(args.config, _overrides(args))
+    config = _run_config(args)
     run = load_run(config)
     directory = config.run_path / INDEX_DIR
     settings = build_index(candidate_embeddings(run), run.catalogue["item_id"], directory)
@@ -63,12 +63,9 @@ def _index(args) -> int:
 
 def _export(args) -> int:
     from pipelines.export import export_models
-    from pipelines.publish import latest_run_config
     from pipelines.train import load_run
 
-    base_path = Path(args.model_base_path)
-    config = latest_run_config(load_config(args.config, _overrides(args)), base_path)
-    written = export_models(load_run(config), base_path)
+    written = export_models(load_run(_run_config(args)), Path(args.model_base_path))
     for name, path in written.items():
         print(f"{name:24s} {path}")
     return 0
@@ -89,7 +86,7 @@ def _train_ranker(args) -> int:
     from pipelines.evaluate import markdown_table
     from pipelines.rank import train_ranker
 
-    config = load_config(args.config, _overrides(args))
+    config = _run_config(args)
     results = train_ranker(config)
     print(f"\nTop 10 of retrieval vs retrieve {config.ranker.retrieved} then rerank (full "
           "catalogue, training items excluded, per-user mean):")
@@ -182,6 +179,16 @@ def _query(args) -> int:
     return 0
 
 
+def _run_config(args):
+    """The config, pointed at the run to act on: given --model-base-path, the newer of the
+    config's run and the run behind the models served there (a retrain's generation)."""
+    from pipelines.publish import latest_run_config
+
+    config = load_config(args.config, _overrides(args))
+    base_path = getattr(args, "model_base_path", None)
+    return latest_run_config(config, Path(base_path)) if base_path else config
+
+
 def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -213,17 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", _train, "Train the two towers (progress per epoch, "
                     "TensorBoard logs and checkpoints in the run folder).")
     train.add_argument("--evaluate", action="store_true", help="evaluate after training")
-    command("evaluate", _evaluate, "Recall@10, Recall@100 and NDCG@10 per split over the "
-            "full catalogue, as a markdown table.")
-    command("index", _index, "Embed the catalogue and build its ScaNN index (brute force "
-            "below 20k items, tree + asymmetric hashing above).")
+    served_run = ("act on the newer of the config's run and the run behind the models "
+                  "served from this base path (after a retrain: its generation)")
+    evaluate = command("evaluate", _evaluate, "Recall@10, Recall@100 and NDCG@10 per split "
+                       "over the full catalogue, as a markdown table.")
+    index = command("index", _index, "Embed the catalogue and build its ScaNN index (brute "
+                    "force below 20k items, tree + asymmetric hashing above).")
     export = command("export", _export, "Write the SavedModels in the TF Serving layout "
                      "<model-base-path>/<model>/<version>/.")
     export.add_argument("--model-base-path", default="models",
                         help="TF Serving model base path (default: models)")
-    command("train-ranker", _train_ranker, "Train the DCN ranker on retrieval's "
+    ranker = command("train-ranker", _train_ranker, "Train the DCN ranker on retrieval's "
                      "top-100 lists and compare retrieval-only with retrieve-then-rerank "
                      "top-10 per split.")
+    for sub in (evaluate, index, ranker):
+        sub.add_argument("--model-base-path", default=None, help=served_run)
     add = command("add-items", _add_items, "Embed new items from their text and "
                   "attributes and add them to the index (and exports), without retraining.")
     add.add_argument("items", help="CSV or Parquet of new items (the items schema)")

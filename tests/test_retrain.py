@@ -125,8 +125,10 @@ def test_retrain_publishes_and_the_server_serves_new_items(published, data):
     assert generation.parent == config.run_path / GENERATIONS
     assert (generation / "added_items.parquet").exists()
 
-    # `towerrec export` with the same config exports the served generation, not the run
-    # the config names, which predates it.
+    # Given the base path, `towerrec evaluate` and `towerrec export` with the same config act
+    # on the served generation, not on the run the config names, which predates it.
+    assert main(["evaluate", "--config", str(config_path), "--model-base-path", str(base)]) == 0
+    assert (generation / "evaluation.json").exists()
     assert main(["export", "--config", str(config_path), "--model-base-path", str(base)]) == 0
     assert set(_newest(base).values()) == {3}
     assert _provenance(base / "query_tower" / "3") == str(generation.resolve())
