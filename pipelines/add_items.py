@@ -48,9 +48,9 @@ def add_items(config: Config, path: str, model_base_path: Optional[Path] = None)
 
     if model_base_path is None:
         return _add_items(config, path, None)
-    with exclusive(Path(model_base_path)):  # the served run must not move meanwhile
-        return _add_items(latest_run_config(config, Path(model_base_path)), path,
-                          Path(model_base_path))
+    base_path = Path(model_base_path)
+    with exclusive(base_path):  # the served run must not move meanwhile
+        return _add_items(latest_run_config(config, base_path), path, base_path)
 
 
 def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Dict:

@@ -31,8 +31,7 @@ import numpy as np
 import towers  # noqa: F401
 import tensorflow as tf
 
-from pipelines.publish import (MODELS, PROVENANCE, discard, exclusive, publish,  # noqa: F401
-                               staged_dir)
+from pipelines.publish import MODELS, PROVENANCE, discard, exclusive, publish, staged_dir
 
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])

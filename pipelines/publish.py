@@ -14,11 +14,13 @@ would name two different models to a client that pins versions.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
@@ -30,6 +32,7 @@ MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_
           "ranker", "recommender")
 # Which run folder an export version came from (retrain warm-starts from the served one).
 PROVENANCE = "assets.extra/towerrec_run.json"
+MODEL_WEIGHTS = "model/weights.index"  # in a run folder: its two towers were trained
 # In the model base path while a publish renames its versions into place.
 PUBLISH_JOURNAL = ".publishing.json"
 LOCK_FILE = ".towerrec.lock"
@@ -162,20 +165,17 @@ def rollback(base_path: Path, models: List[str]) -> Dict[str, Path]:
     """Makes the previous version of each model the served one: the newest version moves
     aside to `.rolled-back-<version>-<time>` (not an integer, so no server loads it).
     Every model is checked before any is moved."""
-    import time
-
     base_path = Path(base_path)
     with exclusive(base_path, create=False):
-        for name in models:
-            found = versions(base_path / name)
+        found_of = {name: versions(base_path / name) for name in models}
+        for name, found in found_of.items():
             if not found:
                 raise DataError(f"no model '{name}' under {base_path}")
             if len(found) < 2:
                 raise DataError(f"{name} has only version {found[0]}: nothing to roll back "
                                 "to (nothing was rolled back)")
         moved = {}
-        for name in models:
-            found = versions(base_path / name)
+        for name, found in found_of.items():
             newest = base_path / name / str(found[-1])
             newest.rename(newest.with_name(
                 f"{ROLLED_BACK_PREFIX}{found[-1]}-{int(time.time())}"))
@@ -183,39 +183,28 @@ def rollback(base_path: Path, models: List[str]) -> Dict[str, Path]:
         return moved
 
 
-def served_run_dir(base_path: Path) -> Optional[Path]:
-    """The run folder behind the served query_tower (its provenance), if it still holds a
-    trained model."""
-    served = served_version(Path(base_path) / "query_tower")
-    if served is None or not (served / PROVENANCE).exists():
-        return None
-    run_dir = Path(json.loads((served / PROVENANCE).read_text())["run_dir"])
-    return run_dir if (run_dir / "model" / "weights.index").exists() else None
-
-
-def latest_run_dir(run_dir: Path, base_path: Optional[Path]) -> Path:
-    """The run to export, add items to or retrain from: `run_dir` (the config's), or the
-    run behind the served models (a retrain's generation), whichever was trained last."""
-    served = served_run_dir(base_path) if base_path is not None else None
-    own = Path(run_dir) / "model" / "weights.index"
-    if served is None or served.resolve() == Path(run_dir).resolve():
-        return Path(run_dir)
-    if own.exists() and own.stat().st_mtime > (served / "model" / "weights.index").stat().st_mtime:
-        return Path(run_dir)
-    return served
+def provenance_run_dir(version_dir: Path) -> Optional[Path]:
+    """The run folder an export version came from, as its PROVENANCE names it."""
+    provenance = Path(version_dir) / PROVENANCE
+    return Path(json.loads(provenance.read_text())["run_dir"]) if provenance.exists() else None
 
 
 def latest_run_config(config, base_path: Optional[Path]):
-    """`config` pointed at `latest_run_dir` (says so when that is not its own run)."""
-    import dataclasses
-
-    run_dir = latest_run_dir(config.run_path, base_path)
+    """`config` pointed at the run to export, add items to or retrain from: its own run, or
+    the run behind the served query_tower (a retrain's generation), whichever was trained
+    last. Says so when that is not its own run."""
     served = served_version(Path(base_path) / "query_tower") if base_path else None
-    if served is not None and served_run_dir(base_path) is None:
+    if served is None:
+        return config
+    served_run = provenance_run_dir(served)
+    if served_run is None or not (served_run / MODEL_WEIGHTS).exists():
         print(f"warning: the served {served} does not name a run folder that still holds "
               f"its model; using {config.run_path}, which may not be what is served")
-    if run_dir == config.run_path:
         return config
-    print(f"using {run_dir}: the run behind the models served from {base_path}, trained "
+    own = config.run_path / MODEL_WEIGHTS
+    if served_run.resolve() == config.run_path.resolve() or (
+            own.exists() and own.stat().st_mtime > (served_run / MODEL_WEIGHTS).stat().st_mtime):
+        return config
+    print(f"using {served_run}: the run behind the models served from {base_path}, trained "
           f"after {config.run_path}")
-    return dataclasses.replace(config, run_dir=str(run_dir))
+    return dataclasses.replace(config, run_dir=str(served_run))

@@ -1,7 +1,7 @@
 """`towerrec retrain`: new interactions (and items) -> a warm-started model -> a gated publish.
 
 The served model is the source of truth: each export version records the run folder it
-came from (publish.PROVENANCE), and a retrain warm-starts from the run behind the served
+came from (publish.provenance_run_dir), and a retrain warm-starts from the run behind the served
 `query_tower` (or the config's own run, if that was trained later). It builds a new
 generation, `<run_dir>/generations/NNNN/`, a run folder of its own (the previous data plus
 the new; the previous splits, the previous `recent` holdout moved into training, and a new
@@ -34,7 +34,7 @@ from pipelines.config import Config, DataConfig
 from pipelines.data import (ADDED_INTERACTIONS, ADDED_ITEMS, DataError, interaction_columns,
                             interactions_frame, read_table)
 from pipelines.export import export_models
-from pipelines.publish import (PROVENANCE, discard, exclusive, latest_run_config,
+from pipelines.publish import (discard, exclusive, latest_run_config, provenance_run_dir,
                                prune_versions, publish, served_version, versions)
 from pipelines.splits import hold_out_last, save_splits
 from pipelines.train import Run, load_run, train
@@ -279,12 +279,9 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
 
 def _prune_generations(config: Config, base_path: Path) -> None:
     """Deletes generations that no kept export version came from."""
-    used = set()
-    for model_dir in (p for p in base_path.iterdir() if p.is_dir()):
-        for version in versions(model_dir):
-            provenance = model_dir / str(version) / PROVENANCE
-            if provenance.exists():
-                used.add(Path(json.loads(provenance.read_text())["run_dir"]).resolve())
+    used = {run_dir.resolve() for model_dir in base_path.iterdir() if model_dir.is_dir()
+            for version in versions(model_dir)
+            if (run_dir := provenance_run_dir(model_dir / str(version))) is not None}
     for folder in (config.run_path / GENERATIONS).glob("[0-9]*"):
         if folder.resolve() not in used:
             shutil.rmtree(folder, ignore_errors=True)
