@@ -31,12 +31,12 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import load_config  # noqa: E402
-from pipelines.evaluate import (evaluate_run, evaluate_scores, markdown_table,  # noqa: E402
+from towerrec.pipelines.config import load_config  # noqa: E402
+from towerrec.pipelines.evaluate import (evaluate_run, evaluate_scores, markdown_table,  # noqa: E402
                                 METRIC_NOTE, split_queries)
-from pipelines.features import Queries  # noqa: E402
-from pipelines.rank import train_ranker  # noqa: E402
-from pipelines.train import Run, train  # noqa: E402
+from towerrec.pipelines.features import Queries  # noqa: E402
+from towerrec.pipelines.rank import train_ranker  # noqa: E402
+from towerrec.pipelines.train import Run, train  # noqa: E402
 
 import tensorflow as tf  # noqa: E402  (after pipelines: the Keras 2 switch)
 import tensorflow_recommenders as tfrs  # noqa: E402

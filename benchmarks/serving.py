@@ -27,11 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import towers  # noqa: E402,F401  (before TensorFlow)
-from serving.client import RecommenderClient  # noqa: E402
-from serving.manager import versions_on_disk  # noqa: E402
-from serving.models import warmup_requests  # noqa: E402
-from serving.tensors import to_ndarray  # noqa: E402
+import towerrec.towers  # noqa: E402,F401  (before TensorFlow)
+from towerrec.serving.client import RecommenderClient  # noqa: E402
+from towerrec.serving.manager import versions_on_disk  # noqa: E402
+from towerrec.serving.models import warmup_requests  # noqa: E402
+from towerrec.serving.tensors import to_ndarray  # noqa: E402
 
 FALLBACK = "retrieval_brute_force"
 
@@ -86,7 +86,7 @@ def load_level(call: Callable[[], object], clients: int, requests: int,
 
 
 def start_server(config: Path, batching: bool, args) -> tuple:
-    command = [sys.executable, "-m", "pipelines.cli", "serve", "--model-config-file",
+    command = [sys.executable, "-m", "towerrec.pipelines.cli", "serve", "--model-config-file",
                str(config), "--port", "0", "--rest-api-port", "-1"]
     if batching:
         command += ["--enable-batching", "--max-batch-size", str(args.max_batch_size),

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-import towers  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from pipelines.config import load_config
-from pipelines.movielens import load_movielens_100k
-from towers.text_encoder import export_text_encoder, resolve_preset, tiny_bert
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.pipelines.config import load_config
+from towerrec.pipelines.movielens import load_movielens_100k
+from towerrec.towers.text_encoder import export_text_encoder, resolve_preset, tiny_bert
 
 
 @pytest.fixture(scope="session")

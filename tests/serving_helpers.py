@@ -13,9 +13,9 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-import towers  # noqa: F401
-from pipelines.export import example_requests, export_models
-from pipelines.train import train
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.pipelines.export import example_requests, export_models
+from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 
 _EXPORTED: Dict[str, object] = {}

@@ -11,29 +11,29 @@ import numpy as np
 import pytest
 import yaml
 
-import towers  # noqa: F401
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
-from pipelines.cli import main
-from pipelines.config import ConfigError, to_dict
-from pipelines.distribute import choose_strategy
-from pipelines.features import tf_dataset
-from pipelines.train import prepare, train, training_features
+from towerrec.pipelines.cli import main
+from towerrec.pipelines.config import ConfigError, to_dict
+from towerrec.pipelines.distribute import choose_strategy
+from towerrec.pipelines.features import tf_dataset
+from towerrec.pipelines.train import prepare, train, training_features
 from tests.conftest import slice_config
 
 # Two logical CPU devices stand in for two GPUs. They must be declared before TensorFlow
 # initializes its devices, hence a fresh process.
 MIRRORED_TRAINING = r"""
 import json, sys
-import towers  # noqa: F401  (before TensorFlow)
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from pipelines.config import load_config
-from pipelines.distribute import choose_strategy
-from pipelines.train import train
+from towerrec.pipelines.config import load_config
+from towerrec.pipelines.distribute import choose_strategy
+from towerrec.pipelines.train import train
 
 run = train(load_config(sys.argv[1]), verbose=0)
 strategy = run.model.distribute_strategy

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.add_items import add_items
-from pipelines.cli import main
-from pipelines.config import to_dict
-from pipelines.data import ADDED_ITEMS, DataError
-from pipelines.features import pad_history
-from pipelines.index import Index
-from pipelines.train import train
+from towerrec.pipelines.add_items import add_items
+from towerrec.pipelines.cli import main
+from towerrec.pipelines.config import to_dict
+from towerrec.pipelines.data import ADDED_ITEMS, DataError
+from towerrec.pipelines.features import pad_history
+from towerrec.pipelines.index import Index
+from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 
 NEW = pd.DataFrame({
@@ -47,8 +47,8 @@ def test_added_item_is_retrieved_for_a_matching_query(trained, tmp_path):
 
     index = Index(trained.run_path / "index")
     assert len(index.item_ids) == 1684
-    from pipelines.evaluate import query_embeddings
-    from pipelines.features import Queries
+    from towerrec.pipelines.evaluate import query_embeddings
+    from towerrec.pipelines.features import Queries
     query = Queries(np.array([""], dtype=object), pad_history([STAR_WARS_FAN], 20),
                     np.array(["a 25 year old man, student, Saturday evening"], dtype=object),
                     [np.array([0])], [np.array([], np.int64)])

@@ -6,10 +6,10 @@ import re
 import pandas as pd
 import pytest
 
-from pipelines.cli import main
-from pipelines.config import ConfigError, load_config
-from pipelines.data import DataError, load_dataset
-from pipelines.movielens import load_movielens_100k
+from towerrec.pipelines.cli import main
+from towerrec.pipelines.config import ConfigError, load_config
+from towerrec.pipelines.data import DataError, load_dataset
+from towerrec.pipelines.movielens import load_movielens_100k
 
 ITEMS = pd.DataFrame({"item_id": ["a", "b", "c"],
                       "title": ["Alien", "Heat", "Up"],
@@ -120,7 +120,7 @@ def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
     config = config_for(tmp_path, INTERACTIONS.drop(columns="user_id"))
     path = tmp_path / "config.yaml"
     import yaml
-    from pipelines.config import to_dict
+    from towerrec.pipelines.config import to_dict
     path.write_text(yaml.safe_dump(to_dict(config)))
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err
@@ -157,7 +157,7 @@ def test_movielens_from_grouplens_folder(movielens, tmp_path):
         lines.append(f"{item_id}|{title}|{date}||http://x|{flags}\n")
     (tmp_path / "u.item").write_text("".join(lines), encoding="latin-1")
     import io
-    from pipelines.movielens import _read_files
+    from towerrec.pipelines.movielens import _read_files
     users = pd.read_csv(io.BytesIO(_read_files("")["ml-100k.user"]), sep="\t", dtype=str)
     (tmp_path / "u.user").write_text("".join("|".join(row) + "\n" for row in users.values))
     grouplens = load_movielens_100k(str(tmp_path))

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import towers  # noqa: F401
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from pipelines.train import train
+from towerrec.pipelines.train import train
 from tests.conftest import slice_config
-from towers.text_encoder import TextEncoder, export_text_encoder
+from towerrec.towers.text_encoder import TextEncoder, export_text_encoder
 
 TEXTS = ["Toy Story (1995). Animation, Children's, Comedy",
          "a 25 year old woman, programmer, Saturday evening", "Heat"]
@@ -86,7 +86,7 @@ def test_padding_does_not_change_embeddings(tiny_encoder_dir):
 def test_real_minilm_checkpoint(minilm_dir):
     """The bundled all-MiniLM-L6-v2: exported, reloaded, equal to keras-hub in process."""
     import keras_hub
-    from towers.text_encoder import resolve_preset
+    from towerrec.towers.text_encoder import resolve_preset
 
     encoder = TextEncoder(minilm_dir)
     assert encoder.dim == 384
@@ -110,6 +110,6 @@ def test_real_minilm_checkpoint(minilm_dir):
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path):
-    from towers.text_encoder import EncoderError
+    from towerrec.towers.text_encoder import EncoderError
     with pytest.raises(EncoderError, match="cannot load BERT preset 'no/such/preset'"):
         export_text_encoder(tmp_path / "x", "no/such/preset")

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import yaml
 
-from pipelines.cli import main
-from pipelines.config import to_dict
-from pipelines.evaluate import evaluate_run, evaluate_scores, split_queries
-from pipelines.train import train
+from towerrec.pipelines.cli import main
+from towerrec.pipelines.config import to_dict
+from towerrec.pipelines.evaluate import evaluate_run, evaluate_scores, split_queries
+from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 
 

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import towers  # noqa: F401
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 
-from pipelines.evaluate import (candidate_embeddings, query_embeddings, top_k,
+from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, top_k,
                                 training_queries)
-from pipelines.export import example_requests, export_models
-from pipelines.rank import (CandidateLists, history_rows, list_features, load_ranker,
+from towerrec.pipelines.export import example_requests, export_models
+from towerrec.pipelines.rank import (CandidateLists, history_rows, list_features, load_ranker,
                             rerank, serving_features, train_ranker)
-from pipelines.train import train
+from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 
-from pipelines.export import MODELS
+from towerrec.pipelines.export import MODELS
 K = 20
 
 LOAD_AND_RUN = r"""
@@ -47,7 +47,7 @@ def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
 
 
 def test_catalogue_resolves_ids_and_titles():
-    from pipelines.graphs import Catalogue
+    from towerrec.pipelines.graphs import Catalogue
     import tensorflow as tf
     catalogue = Catalogue(["1", "2", "3"], ["Matrix, The (1999)", "Alien (1979)",
                                             "Alien (1986)"])

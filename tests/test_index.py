@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.index import (Index, build_index, exact_top_k, recall_against_exact,
+from towerrec.pipelines.index import (Index, build_index, exact_top_k, recall_against_exact,
                              scann_settings)
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import towers  # noqa: F401
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
-from pipelines.evaluate import split_queries
-from pipelines.rank import (candidate_lists, cooccurrence_neighbours, hold_out_last,
+from towerrec.pipelines.evaluate import split_queries
+from towerrec.pipelines.rank import (candidate_lists, cooccurrence_neighbours, hold_out_last,
                             item_tables, list_features, load_ranker, rerank, train_ranker)
-from pipelines.train import train
+from towerrec.pipelines.train import train
 from tests.conftest import slice_config
-from towers.ranking import rerank_order
-from towers.ranking_features import NO_ROW, NUM_FEATURES, RankingFeatures
+from towerrec.towers.ranking import rerank_order
+from towerrec.towers.ranking_features import NO_ROW, NUM_FEATURES, RankingFeatures
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_rerank_only_reorders_and_cold_items_keep_their_slots(run, trained_ranke
 
 def test_saved_ranker_scores_as_the_trained_one(run, trained_ranker):
     results, ranker = trained_ranker
-    from pipelines.rank import evaluate_two_stages
+    from towerrec.pipelines.rank import evaluate_two_stages
     again = evaluate_two_stages(run, ranker)
     for stage, splits in results.items():
         for split, metrics in splits.items():

@@ -17,17 +17,17 @@ import pandas as pd
 import pytest
 import yaml
 
-import towers  # noqa: F401
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 
-from pipelines.cli import main
-from pipelines.config import load_config, to_dict
-from pipelines.data import Dataset
-from pipelines.export import export_models
-from pipelines.publish import (MODELS, PROVENANCE, PUBLISH_JOURNAL, next_version, publish,
+from towerrec.pipelines.cli import main
+from towerrec.pipelines.config import load_config, to_dict
+from towerrec.pipelines.data import Dataset
+from towerrec.pipelines.export import export_models
+from towerrec.pipelines.publish import (MODELS, PROVENANCE, PUBLISH_JOURNAL, next_version, publish,
                                versions)
-from pipelines.movielens import csv_config_values, write_time_split
-from pipelines.retrain import GENERATIONS, gate, retrain
-from pipelines.train import train
+from towerrec.pipelines.movielens import csv_config_values, write_time_split
+from towerrec.pipelines.retrain import GENERATIONS, gate, retrain
+from towerrec.pipelines.train import train
 
 STAR_WARS_FANS_ALSO = ["50", "172", "181"]  # Star Wars, Empire, Return of the Jedi
 PHANTOM = "new-phantom-menace"
@@ -98,8 +98,8 @@ def _load_every_version(base: Path):
 
 
 def test_retrain_publishes_and_the_server_serves_new_items(published, data):
-    from serving.client import RecommenderClient
-    from serving.server import serve
+    from towerrec.serving.client import RecommenderClient
+    from towerrec.serving.server import serve
     from tests.serving_helpers import wait_for
 
     config, base, config_path = published
@@ -142,7 +142,7 @@ def test_retrain_publishes_and_the_server_serves_new_items(published, data):
 
 
 def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monkeypatch):
-    import pipelines.train as train_module
+    import towerrec.pipelines.train as train_module
 
     config, base, _ = published
     features = train_module.training_features
@@ -197,7 +197,7 @@ def _retrain_process(config_path: Path, base: Path, data, pause_at: str = ""):
     env = dict(os.environ, TOWERREC_RETRAIN_PAUSE_AT=pause_at, PYTHONUNBUFFERED="1")
     items = ["--new-items", str(data["new_items"])] if data["new_items"] else []
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "retrain", "--config", str(config_path),
+        [sys.executable, "-m", "towerrec.pipelines.cli", "retrain", "--config", str(config_path),
          "--new-interactions", str(data["new_interactions"]), *items,
          "--model-base-path", str(base)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -14,16 +14,16 @@ import grpc
 import numpy as np
 import pytest
 
-import towers  # noqa: F401
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from pipelines.cli import main
-from serving.client import RecommenderClient
-from serving.errors import ServingError
-from serving.server import serve
-from serving.tensors import from_ndarray
+from towerrec.pipelines.cli import main
+from towerrec.serving.client import RecommenderClient
+from towerrec.serving.errors import ServingError
+from towerrec.serving.server import serve
+from towerrec.serving.tensors import from_ndarray
 from tests.serving_helpers import (as_json, assert_same_outputs, http, in_process, metric,
                                    tiny_export)
 
@@ -368,7 +368,7 @@ def test_towerrec_serve_stops_gracefully_on_sigterm(exported, tmp_path):
     config.write_text(f'model_config_list {{ config {{ name: "query_tower" base_path: '
                       f'"{exported["base"] / "query_tower"}" }} }}')
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--model-config-file", str(config),
+        [sys.executable, "-m", "towerrec.pipelines.cli", "serve", "--model-config-file", str(config),
          "--port", "0", "--rest-api-port", "0"], stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).parents[1])
     lines: "queue.Queue[str]" = queue.Queue()

@@ -12,9 +12,9 @@ from collections import Counter
 
 import pytest
 
-import towers  # noqa: F401
-from serving.client import RecommenderClient
-from serving.server import serve
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.serving.client import RecommenderClient
+from towerrec.serving.server import serve
 from tests.serving_helpers import (as_json, assert_same_outputs, http, in_process, metric,
                                    publish, tiny_export, wait_for)
 
@@ -85,7 +85,7 @@ def _no_variables(folder):
 
 def _bad_warmup(folder):
     """A warm-up record whose request the model refuses (an input it does not have)."""
-    from pipelines.export import write_warmup
+    from towerrec.pipelines.export import write_warmup
     import numpy as np
 
     shutil.rmtree(folder / "assets.extra")

@@ -8,15 +8,15 @@ import grpc
 import numpy as np
 import pytest
 
-import towers  # noqa: F401
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from serving.batching import BatchScheduler
-from serving.errors import ServingError, first_line
-from serving.model_config import ModelConfigError, read_model_config
-from serving.rest_json import parse_request, to_json
-from serving.tensors import from_ndarray, to_ndarray
-from serving.validation import InputSpec, validate
+from towerrec.serving.batching import BatchScheduler
+from towerrec.serving.errors import ServingError, first_line
+from towerrec.serving.model_config import ModelConfigError, read_model_config
+from towerrec.serving.rest_json import parse_request, to_json
+from towerrec.serving.tensors import from_ndarray, to_ndarray
+from towerrec.serving.validation import InputSpec, validate
 
 QUERY = {"user_id": InputSpec("user_id", "string", (None,)),
          "history": InputSpec("history", "string", (None, None)),

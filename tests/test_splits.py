@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.config import load_config
-from pipelines.splits import get_splits, load_splits, make_splits
+from towerrec.pipelines.config import load_config
+from towerrec.pipelines.splits import get_splits, load_splits, make_splits
 
 
 @pytest.fixture(scope="module")

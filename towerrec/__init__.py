@@ -1,0 +1,18 @@
+"""towerrec: BERT two-tower retrieval on TensorFlow Recommenders, served the TF Serving way.
+
+Packages: `towerrec.towers` (the encoder boundary, towers, models), `towerrec.pipelines`
+(config -> data -> train -> evaluate -> index -> export -> retrain, and the CLI),
+`towerrec.serving` (the TF Serving API over exported models).
+
+TFRS 0.7.7 needs Keras 2 (tf_keras) while keras-hub is Keras 3. The switch must be set before
+TensorFlow is first imported, so it is set here, once, for the whole package.
+"""
+import os
+import sys
+
+if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+    raise ImportError(
+        "towerrec needs TF_USE_LEGACY_KERAS=1 before TensorFlow is imported: import towerrec "
+        "before tensorflow, or set the variable in the environment")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

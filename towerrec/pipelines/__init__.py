@@ -1,0 +1,1 @@
+"""towerrec pipelines: config -> data -> splits -> train -> evaluate, one module a step."""

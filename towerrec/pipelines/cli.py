@@ -1,0 +1,327 @@
+"""The `towerrec` command: one subcommand per pipeline step, each taking --config."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from towerrec.pipelines.config import ConfigError, load_config
+from towerrec.pipelines.data import DataError
+
+
+def _train(args) -> int:
+    from towerrec.pipelines.train import train
+
+    config = load_config(args.config, _overrides(args))
+    started = time.time()
+    train(config)
+    print(f"trained in {time.time() - started:.0f}s; model in {config.run_path / 'model'}, "
+          f"TensorBoard logs in {config.run_path / 'logs'}")
+    if args.evaluate:
+        return _evaluate(args)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from towerrec.pipelines.evaluate import METRIC_NOTE, evaluate_run, markdown_table
+    from towerrec.pipelines.train import load_run
+
+    config = _run_config(args)
+    metrics = evaluate_run(load_run(config))
+    table = markdown_table({config.name: metrics})
+    print(table)
+    print(f"\n{METRIC_NOTE}")
+    (config.run_path / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    (config.run_path / "evaluation.md").write_text(table + f"\n\n{METRIC_NOTE}\n")
+    return 0
+
+
+def _index(args) -> int:
+    from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
+    from towerrec.pipelines.index import INDEX_DIR, Index, build_index, recall_against_exact
+    from towerrec.pipelines.train import load_run
+
+    config = _run_config(args)
+    run = load_run(config)
+    directory = config.run_path / INDEX_DIR
+    settings = build_index(candidate_embeddings(run), run.catalogue["item_id"], directory)
+    index = Index(directory)
+    queries = query_embeddings(run, training_queries(run, 1000))
+    found, _ = index.search(queries, 10)
+    exact, _ = index.brute_force(queries, 10)
+    recall = recall_against_exact(found, exact)
+    print(f"index of {len(index.item_ids)} items in {directory}: {settings}")
+    print(f"recall@10 against exact search on {len(queries)} training users' queries: "
+          f"{recall:.3f}")
+    return 0
+
+
+def _export(args) -> int:
+    from towerrec.pipelines.export import export_models
+    from towerrec.pipelines.train import load_run
+
+    written = export_models(load_run(_run_config(args)), Path(args.model_base_path))
+    for name, path in written.items():
+        print(f"{name:24s} {path}")
+    return 0
+
+
+def _add_items(args) -> int:
+    from towerrec.pipelines.add_items import add_items
+
+    config = load_config(args.config, _overrides(args))
+    result = add_items(config, args.items, args.model_base_path)
+    print(f"added {len(result['items'])} item(s); index rebuilt: {result['index']}")
+    for name, path in result["exports"].items():
+        print(f"{name:24s} {path}")
+    return 0
+
+
+def _train_ranker(args) -> int:
+    from towerrec.pipelines.evaluate import markdown_table
+    from towerrec.pipelines.rank import train_ranker
+
+    config = _run_config(args)
+    results = train_ranker(config)
+    print(f"\nTop 10 of retrieval vs retrieve {config.ranker.retrieved} then rerank (full "
+          "catalogue, training items excluded, per-user mean):")
+    print(markdown_table(results, columns=("recall_at_10", "ndcg_at_10")))
+    for split in results["retrieval"]:
+        before = results["retrieval"][split]["ndcg_at_10"]
+        after = results["retrieval+rerank"][split]["ndcg_at_10"]
+        print(f"{split:10s} NDCG@10 {before:.4f} -> {after:.4f} ({after / before - 1:+.1%})")
+    (config.run_path / "ranker" / "evaluation.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _retrain(args) -> int:
+    from towerrec.pipelines.retrain import retrain
+
+    config = load_config(args.config, _overrides(args))
+    result = retrain(config, args.new_interactions, args.new_items,
+                     Path(args.model_base_path))
+    for name, path in result["published"].items():
+        print(f"{name:24s} {path}")
+    # Exit 3 when the gate refused: scripts can tell "not published" from an error.
+    return 0 if result["published"] else 3
+
+
+def _rollback(args) -> int:
+    from towerrec.pipelines.publish import MODELS, rollback
+
+    models = [m for m in MODELS if (Path(args.model_base_path) / m).is_dir()] \
+        if args.model == "all" else [args.model]
+    for name, path in rollback(Path(args.model_base_path), models).items():
+        print(f"{name:24s} now serves {path}")
+    return 0
+
+
+def _serve(args) -> int:
+    import logging
+
+    from towerrec.serving.model_config import ModelConfigError
+    from towerrec.serving.options import ServerOptions
+    from towerrec.serving.server import run_until_signal
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("towerrec.serving").setLevel(logging.INFO)
+    try:
+        return run_until_signal(ServerOptions(
+            model_base_path=args.model_base_path or (None if args.model_config_file
+                                                     else "models"),
+            model_config_file=args.model_config_file,
+            host=args.host, grpc_port=args.port, rest_port=args.rest_api_port,
+            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+            enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
+            batch_timeout_micros=args.batch_timeout_micros,
+            max_request_bytes=args.max_request_bytes))
+    except (ModelConfigError, OSError, ValueError) as e:
+        print(f"towerrec serve: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _query(args) -> int:
+    from towerrec.serving.client import RecommenderClient
+    from towerrec.serving.errors import ServingError
+
+    history = [h.strip() for h in (args.history or "").split(";") if h.strip()]
+    inputs = {"user_id": [args.user], "history": [history or [""]],
+              "context_text": [args.context]}
+    try:
+        with RecommenderClient(args.address, timeout=args.timeout) as client:
+            answer = client.predict(args.model, inputs, version=args.version)
+    except ServingError as e:
+        print(f"towerrec query: error: {e}", file=sys.stderr)
+        return 2
+    if "item_ids" not in answer or "scores" not in answer:
+        print(f"towerrec query: error: {args.model} answered {sorted(answer)}, not item_ids "
+              "and scores", file=sys.stderr)
+        return 2
+    ids = answer["item_ids"][0][:args.top]
+    columns = {"rank": [str(rank + 1) for rank in range(len(ids))],
+               "item id": [_text(item) for item in ids]}
+    if "titles" in answer:
+        columns["title"] = [_text(title) for title in answer["titles"][0][:args.top]]
+    columns["score"] = [f"{score:.4f}" for score in answer["scores"][0][:args.top]]
+    if "is_new" in answer:  # a new item holds retrieval's slot: its score is not the order
+        columns["new"] = ["yes" if new else "" for new in answer["is_new"][0][:args.top]]
+    print(f"{args.model} version {answer.version}")
+    header = list(columns)
+    rows = [list(row) for row in zip(*columns.values())]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _run_config(args):
+    """The config, pointed at the run to act on: given --model-base-path, the newer of the
+    config's run and the run behind the models served there (a retrain's generation)."""
+    from towerrec.pipelines.publish import latest_run_config
+
+    config = load_config(args.config, _overrides(args))
+    base_path = getattr(args, "model_base_path", None)
+    return latest_run_config(config, Path(base_path)) if base_path else config
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _overrides(args) -> dict:
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        import yaml
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="towerrec", description="BERT two-tower retrieval on TensorFlow Recommenders.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, handler, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help="YAML run config (default: MovieLens-100K)")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set training.epochs=3")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    train = command("train", _train, "Train the two towers (progress per epoch, "
+                    "TensorBoard logs and checkpoints in the run folder).")
+    train.add_argument("--evaluate", action="store_true", help="evaluate after training")
+    served_run = ("act on the newer of the config's run and the run behind the models "
+                  "served from this base path (after a retrain: its generation)")
+    evaluate = command("evaluate", _evaluate, "Recall@10, Recall@100 and NDCG@10 per split "
+                       "over the full catalogue, as a markdown table.")
+    index = command("index", _index, "Embed the catalogue and build its ScaNN index (brute "
+                    "force below 20k items, tree + asymmetric hashing above).")
+    export = command("export", _export, "Write the SavedModels in the TF Serving layout "
+                     "<model-base-path>/<model>/<version>/.")
+    export.add_argument("--model-base-path", default="models",
+                        help="TF Serving model base path (default: models)")
+    ranker = command("train-ranker", _train_ranker, "Train the DCN ranker on retrieval's "
+                     "top-100 lists and compare retrieval-only with retrieve-then-rerank "
+                     "top-10 per split.")
+    for sub in (evaluate, index, ranker):
+        sub.add_argument("--model-base-path", default=None, help=served_run)
+    add = command("add-items", _add_items, "Embed new items from their text and "
+                  "attributes and add them to the index (and exports), without retraining.")
+    add.add_argument("items", help="CSV or Parquet of new items (the items schema)")
+    add.add_argument("--model-base-path", default=None,
+                     help="also publish new export versions under this base path")
+    retrain = command("retrain", _retrain, "Warm-start from the served model, train on new "
+                      "interactions (and items), and publish new versions of every export "
+                      "only if the gate passes (exit 3 when it refuses).")
+    retrain.add_argument("--new-interactions", required=True,
+                         help="CSV or Parquet of new interactions (the interactions schema)")
+    retrain.add_argument("--new-items", default=None,
+                         help="CSV or Parquet of new items (the items schema)")
+    retrain.add_argument("--model-base-path", default="models",
+                         help="TF Serving model base path (default: models)")
+    rollback = commands.add_parser(
+        "rollback", help="Serve the previous version of a model again.",
+        description="Moves a model's newest version aside (to .rolled-back-<v>-<time>), so "
+        "that the previous version is the newest and a running server serves it.")
+    rollback.set_defaults(handler=_rollback)
+    rollback.add_argument("model", help="model name, or 'all'")
+    rollback.add_argument("--model-base-path", default="models",
+                          help="TF Serving model base path (default: models)")
+    serve = commands.add_parser(
+        "serve", help="Serve the exports over TF Serving's gRPC and REST APIs.",
+        description="Serve every model under --model-base-path (or a TF Serving "
+        "models.config) over TF Serving's gRPC and REST APIs; new versions are loaded, "
+        "warmed up and swapped in as they appear. Stops gracefully on SIGTERM/SIGINT.")
+    serve.set_defaults(handler=_serve)
+    from towerrec.serving.options import ServerOptions
+    defaults = ServerOptions(model_base_path="models")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--model-base-path", default=None,
+                       help="folder with one subfolder per model (default: models)")
+    where.add_argument("--model-config-file", default=None,
+                       help="a TF Serving ModelServerConfig text proto (models.config)")
+    serve.add_argument("--host", default=defaults.host,
+                       help=f"address to bind (default: {defaults.host})")
+    serve.add_argument("--port", "--grpc-port", dest="port", type=int,
+                       default=defaults.grpc_port,
+                       help=f"gRPC port, 0 picks one (default: {defaults.grpc_port})")
+    serve.add_argument("--rest-api-port", "--rest-port", dest="rest_api_port", type=int,
+                       default=defaults.rest_port,
+                       help=f"REST port, 0 picks one, -1 turns REST off (default: "
+                       f"{defaults.rest_port})")
+    serve.add_argument("--file-system-poll-wait-seconds", type=float,
+                       default=defaults.file_system_poll_wait_seconds,
+                       help="how often to look for new versions; 0 or less: load once, "
+                       f"never poll (default: {defaults.file_system_poll_wait_seconds:g})")
+    serve.add_argument("--enable-batching", action="store_true",
+                       help="merge concurrent requests into batches (default: off)")
+    serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                       help=f"rows per batch (default: {defaults.max_batch_size})")
+    serve.add_argument("--batch-timeout-micros", type=int,
+                       default=defaults.batch_timeout_micros,
+                       help="how long a batch waits to fill (default: "
+                       f"{defaults.batch_timeout_micros})")
+    serve.add_argument("--max-request-bytes", type=int, default=defaults.max_request_bytes,
+                       help=f"larger requests are refused (default: "
+                       f"{defaults.max_request_bytes})")
+    query = commands.add_parser(
+        "query", help="Ask a served recommender for a user's top items (gRPC).",
+        description="Send one request to a TF Serving gRPC address (towerrec serve or "
+        "tensorflow/serving) and print the top items as a table.")
+    query.set_defaults(handler=_query)
+    query.add_argument("--address", default="127.0.0.1:8500", help="host:port of gRPC")
+    query.add_argument("--model", default="recommender",
+                       help="model name (default: recommender)")
+    query.add_argument("--version", type=int, default=None,
+                       help="model version (default: the newest)")
+    query.add_argument("--user", default="", help="user id (default: none, a new user)")
+    query.add_argument("--history", default="",
+                       help="items the user had, oldest first, separated by ';'")
+    query.add_argument("--context", default="", help="free context text")
+    query.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    query.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from towerrec.towers.text_encoder import EncoderError
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError, EncoderError, OSError, yaml.YAMLError) as e:
+        print(f"towerrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Data sources -> one validated `Dataset` (typed interaction and item frames).
+
+Every source ends in the same shape:
+
+* ``interactions``: user_id (str), item_id (str), timestamp (int64), rating (float, may be
+  NaN), context_text (str, may be empty).
+* ``items``: item_id (str), title (str: what a person reads, the first text column), text
+  (str: the configured text columns joined), one column per
+  categorical attribute (str; several values joined by "|"), one per numeric attribute
+  (float, NaN when unknown).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List
+
+import numpy as np
+import pandas as pd
+
+from towerrec.pipelines.config import Config, DataConfig
+
+MULTI_VALUE_SEPARATOR = "|"
+# Items added after training (`towerrec add-items`, `retrain`), kept in the run folder,
+# and interactions added by `towerrec retrain`.
+ADDED_ITEMS = "added_items.parquet"
+ADDED_INTERACTIONS = "added_interactions.parquet"
+
+
+class DataError(ValueError):
+    """Input data does not match the declared schema."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    categorical_columns: List[str]
+    numeric_columns: List[str]
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.items["item_id"].to_numpy()
+
+
+def load_dataset(config: Config) -> Dataset:
+    """Reads the configured source and validates it before anything trains."""
+    data = config.data
+    if data.source == "movielens-100k":
+        from towerrec.pipelines.movielens import load_movielens_100k
+        dataset = load_movielens_100k(data.path)
+    elif data.source in ("csv", "parquet"):
+        dataset = _load_tabular(data)
+    else:
+        raise DataError(
+            f"data.source '{data.source}' is not one of: movielens-100k, csv, parquet")
+    added = config.run_path / ADDED_ITEMS
+    if added.exists():
+        added = pd.read_parquet(added)
+        if "title" not in added:  # written before items had a title
+            added.insert(1, "title", added["text"])
+        dataset.items = pd.concat([dataset.items, added], ignore_index=True)
+    added = config.run_path / ADDED_INTERACTIONS
+    if added.exists():
+        dataset.interactions = pd.concat([dataset.interactions, pd.read_parquet(added)],
+                                         ignore_index=True)
+    if data.min_rating is not None:
+        keep = dataset.interactions["rating"] >= float(data.min_rating)
+        dataset.interactions = dataset.interactions[keep].reset_index(drop=True)
+    validate(dataset)
+    return dataset
+
+
+def read_table(path: str, what: str) -> pd.DataFrame:
+    """Reads a CSV or Parquet file (by extension), with errors that name the file."""
+    if not path:
+        raise DataError(f"no {what} file given in the config")
+    if not os.path.exists(path):
+        raise DataError(f"{what} file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{what} file is empty: {path}")
+    try:
+        if path.endswith(".parquet") or path.endswith(".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError) as e:
+        raise DataError(f"cannot read {what} file {path}: {e}") from None
+    if frame.empty:
+        raise DataError(f"{what} file has no rows: {path}")
+    return frame
+
+
+def _require_columns(frame: pd.DataFrame, columns: List[str], what: str, path: str):
+    missing = [c for c in columns if c and c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{what} file {path} is missing column(s) {missing}; "
+            f"it has {list(frame.columns)}")
+
+
+def _numeric(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna()
+    if bad.any():
+        example = frame[column][bad].iloc[0]
+        raise DataError(
+            f"{what} column '{column}' must be numeric; row {int(bad.idxmax())} has "
+            f"{example!r}")
+    return values
+
+
+def _load_tabular(data: DataConfig) -> Dataset:
+    inter = read_table(data.interactions, "interactions")
+    items = read_table(data.items, "items")
+    return Dataset(interactions_frame(inter, data), items_frame(items, data),
+                   list(data.categorical_columns), list(data.numeric_columns))
+
+
+def interaction_columns(data: DataConfig) -> List[str]:
+    """The interactions' columns as the config names them (optional roles left out)."""
+    return [c for c in (data.user_id_column, data.item_id_column, data.timestamp_column,
+                        data.rating_column, data.context_column) if c]
+
+
+def interactions_frame(inter: pd.DataFrame, data: DataConfig, path: str = "") -> pd.DataFrame:
+    """A raw interactions table (config column roles) -> the typed interactions frame."""
+    _require_columns(inter, interaction_columns(data), "interactions",
+                     path or data.interactions)
+    timestamps = inter[data.timestamp_column]
+    if not pd.api.types.is_numeric_dtype(timestamps):
+        parsed = pd.to_datetime(timestamps, errors="coerce", utc=True, format="mixed")
+        if parsed.isna().any():
+            row = int(parsed.isna().idxmax())
+            raise DataError(
+                f"interactions column '{data.timestamp_column}' must be a number or a "
+                f"date; row {row} has {timestamps.iloc[row]!r}")
+        timestamps = parsed.astype("int64") // 10**9
+    elif timestamps.isna().any():
+        raise DataError(f"interactions column '{data.timestamp_column}' is empty in row "
+                        f"{int(timestamps.isna().idxmax())} of {path or data.interactions}")
+    return pd.DataFrame({
+        "user_id": inter[data.user_id_column].astype(str),
+        "item_id": inter[data.item_id_column].astype(str),
+        "timestamp": timestamps.astype("int64"),
+        "rating": (_numeric(inter, data.rating_column, "interactions")
+                   if data.rating_column else np.nan),
+        "context_text": (inter[data.context_column].fillna("").astype(str)
+                         if data.context_column else ""),
+    })
+
+
+def items_frame(items: pd.DataFrame, data: DataConfig, path: str = "") -> pd.DataFrame:
+    """A raw items table (config column roles) -> the typed items frame."""
+    _require_columns(items, [data.item_id_column, *data.text_columns,
+                             *data.categorical_columns, *data.numeric_columns],
+                     "items", path or data.items)
+    if not data.text_columns:
+        raise DataError("data.text_columns is empty: items need at least one text column")
+    item_frame = pd.DataFrame({"item_id": items[data.item_id_column].astype(str)})
+    item_frame["title"] = items[data.text_columns[0]].fillna("").astype(str).str.strip()
+    item_frame["text"] = join_text(items, data.text_columns)
+    for column in data.categorical_columns:
+        item_frame[column] = normalize_categorical(items[column], data.categorical_separator)
+    for column in data.numeric_columns:
+        item_frame[column] = _numeric(items, column, "items").astype("float64")
+    return item_frame
+
+
+def join_text(frame: pd.DataFrame, columns: List[str]) -> pd.Series:
+    parts = [frame[c].fillna("").astype(str).str.strip() for c in columns]
+    text = parts[0]
+    for part in parts[1:]:
+        text = text.str.cat(part, sep=". ").str.strip(". ")
+    return text
+
+
+def normalize_categorical(values: pd.Series, separator: str) -> pd.Series:
+    """Multi-valued cells -> values joined by MULTI_VALUE_SEPARATOR, stripped."""
+    def one(cell) -> str:
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            return ""
+        parts = str(cell).split(separator) if separator else [str(cell)]
+        return MULTI_VALUE_SEPARATOR.join(p.strip() for p in parts if p.strip())
+    return values.map(one)
+
+
+def validate(dataset: Dataset) -> None:
+    """Schema checks that must pass before any training starts."""
+    inter, items = dataset.interactions, dataset.items
+    if inter.empty:
+        raise DataError("there are no interactions (after filtering)")
+    if items.empty:
+        raise DataError("there are no items")
+    duplicated = items["item_id"].duplicated()
+    if duplicated.any():
+        raise DataError(
+            f"items: item_id {items['item_id'][duplicated].iloc[0]!r} appears more than once")
+    for column in ("user_id", "item_id"):
+        empty = inter[column].isin(["", "nan", "None"])
+        if empty.any():
+            raise DataError(f"interactions: row {int(empty.idxmax())} has an empty {column}")
+    unknown = ~inter["item_id"].isin(set(items["item_id"]))
+    if unknown.any():
+        examples = sorted(set(inter["item_id"][unknown]))[:5]
+        raise DataError(
+            f"interactions name {int(unknown.sum())} row(s) with item_id(s) not in the "
+            f"items file, e.g. {examples}")
+    no_text = items["text"].str.len() == 0
+    if no_text.all():
+        raise DataError("items: every item has an empty text")
+

@@ -1,0 +1,84 @@
+"""Where training runs: the tf.distribute strategy, XLA, mixed precision's loss scaling.
+
+The input pipeline runs on the host and hands the model numbers only (text tables and the
+towers' lookups are applied in tf.data), so one training step runs, XLA-compiled, on a
+TPU, on mirrored GPUs or on the CPU.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Union
+
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+import tensorflow as tf
+
+from towerrec.pipelines.config import STRATEGIES, ConfigError
+
+
+@functools.lru_cache(maxsize=None)
+def choose_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """training.strategy -> a strategy; one per name and process (a TPU is initialized
+    once: initializing it again would wipe the variables already on it)."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"training.strategy: '{name}' is not one of {', '.join(STRATEGIES)}")
+    if name in ("auto", "tpu"):
+        resolver = _tpu_resolver()
+        if resolver is not None:
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return tf.distribute.TPUStrategy(resolver)
+        if name == "tpu":
+            raise ConfigError(f"training.strategy is 'tpu' but no TPU was found "
+                              f"(devices: {devices()})")
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(
+            gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
+    if name == "auto" and len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(gpus)
+    return tf.distribute.get_strategy()
+
+
+def _tpu_resolver() -> Optional[tf.distribute.cluster_resolver.TPUClusterResolver]:
+    """The TPU the environment names (Colab, TPU_NAME), or this TPU VM's own; else None."""
+    try:
+        return tf.distribute.cluster_resolver.TPUClusterResolver()
+    except ValueError:  # no TPU named: it asks for a name
+        pass
+    if tf.config.list_physical_devices("TPU"):
+        return tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+    return None
+
+
+def devices() -> str:
+    """This process's devices, e.g. "1 CPU, 2 GPU"."""
+    kinds = [d.device_type for d in tf.config.list_logical_devices()]
+    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+
+
+def describe(strategy: tf.distribute.Strategy, xla: bool) -> str:
+    """E.g. "MirroredStrategy, 2 replicas, XLA on" (call it outside any strategy's scope)."""
+    name = ("default strategy" if strategy is tf.distribute.get_strategy()
+            else type(strategy).__name__)
+    replicas = strategy.num_replicas_in_sync
+    compiled = ("the TPU compiles the step" if isinstance(strategy, tf.distribute.TPUStrategy)
+                else f"XLA {'on' if xla else 'off'}")
+    return f"{name}, {replicas} replica{'s' if replicas > 1 else ''}, {compiled}"
+
+
+def use_xla(jit_compile: Union[bool, str], strategy: tf.distribute.Strategy) -> bool:
+    """training.jit_compile -> whether each replica compiles its loss and gradients with
+    XLA ("auto": on GPU). Never under a TPUStrategy: the TPU compiles the whole step."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return False
+    if jit_compile == "auto":
+        return bool(tf.config.list_logical_devices("GPU"))
+    return jit_compile
+
+
+def loss_scaled(optimizer, mixed_precision: Optional[str]):
+    """The optimizer for a precision policy: float16 gradients underflow without loss
+    scaling; bfloat16 has float32's range and needs none."""
+    if mixed_precision == "mixed_float16":
+        return tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer

@@ -1,0 +1,256 @@
+"""The tf.Modules that `towerrec export` saves: raw request features in, answers out.
+
+Text is tokenized and encoded in the graph; a request's history may name items by id or
+by title ("Star Wars (1977)", "star wars", "The Matrix" for "Matrix, The (1999)").
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+import tensorflow as tf
+
+from towerrec.towers.ranking import rerank_order
+from towerrec.towers.ranking_features import NO_ROW, RankingFeatures
+
+_YEAR = r"\s*\(\d{4}\)$"
+
+
+def query_signature() -> Dict[str, tf.TensorSpec]:
+    """History of any width: QueryModel pads or cuts it to the tower's history length."""
+    return {"user_id": tf.TensorSpec([None], tf.string, "user_id"),
+            "history": tf.TensorSpec([None, None], tf.string, "history"),
+            "context_text": tf.TensorSpec([None], tf.string, "context_text")}
+
+
+def candidate_signature(categorical: List[str], numeric: List[str]):
+    spec = {"item_id": tf.TensorSpec([None], tf.string, "item_id"),
+            "item_text": tf.TensorSpec([None], tf.string, "item_text")}
+    spec.update({c: tf.TensorSpec([None], tf.string, c) for c in categorical})
+    spec.update({c: tf.TensorSpec([None], tf.float32, c) for c in numeric})
+    return spec
+
+
+def ranker_signature() -> Dict[str, tf.TensorSpec]:
+    spec = query_signature()
+    spec["item_ids"] = tf.TensorSpec([None, None], tf.string, "item_ids")
+    return spec
+
+
+def title_keys(title: str) -> List[str]:
+    """The lookup keys of a title: "Matrix, The (1999)" -> "matrix, the (1999)",
+    "matrix, the", "the matrix"."""
+    full = " ".join(title.lower().split())
+    bare = re.sub(_YEAR, "", full)
+    keys = [full, bare]
+    article = re.match(r"^(.*), (the|a|an|la|le|les|il|el|der|die|das)$", bare)
+    if article:
+        keys.append(f"{article.group(2)} {article.group(1)}")
+    return keys
+
+
+def _table(keys: Sequence[str], values: Sequence[int]):
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(keys), tf.string), tf.constant(list(values), tf.int64)), NO_ROW)
+
+
+class TextEncoding(tf.Module):
+    """Raw strings -> the frozen sentence embedding (preprocessor + encoder in the graph)."""
+
+    def __init__(self, encoder_dir: Path):
+        super().__init__()
+        import tensorflow_text  # noqa: F401
+
+        self.preprocessor = tf.saved_model.load(str(Path(encoder_dir) / "preprocessor"))
+        self.encoder = tf.saved_model.load(str(Path(encoder_dir) / "encoder"))
+
+    def __call__(self, texts):
+        return self.encoder(self.preprocessor(texts), training=False)
+
+
+class Catalogue(tf.Module):
+    """Item ids, titles and their catalogue rows."""
+
+    def __init__(self, item_ids, titles):
+        super().__init__()
+        ids = np.asarray(item_ids, dtype=str).astype(object)
+        self.item_ids = tf.Variable(ids, trainable=False, dtype=tf.string)
+        self.titles = tf.Variable(np.asarray(titles, dtype=str).astype(object),
+                                  trainable=False, dtype=tf.string)
+        self.rows = _table(ids, range(len(ids)))
+        by_title = {}
+        for row, title in enumerate(titles):
+            for key in title_keys(str(title)):
+                by_title.setdefault(key, row)  # the first item of a repeated title
+        self.title_rows = _table(by_title.keys(), by_title.values())
+
+    def resolve(self, history):
+        """Item ids or titles [n, h] -> catalogue rows [n, h] (NO_ROW: "" or unknown)."""
+        rows = self.rows.lookup(history)
+        key = tf.strings.lower(tf.strings.strip(history))
+        key = tf.strings.regex_replace(key, r"\s+", " ")
+        by_title = self.title_rows.lookup(key)
+        by_title = tf.where(by_title >= 0, by_title,
+                            self.title_rows.lookup(tf.strings.regex_replace(key, _YEAR, "")))
+        return tf.where(rows >= 0, rows, by_title)
+
+    def ids(self, rows):
+        """Catalogue rows -> item ids ("" for NO_ROW)."""
+        return tf.where(rows >= 0, tf.gather(self.item_ids, tf.maximum(rows, 0)), "")
+
+
+class QueryModel(tf.Module):
+    """A request (user_id, history of ids or titles, context_text) -> query embeddings."""
+
+    def __init__(self, query_tower, text: TextEncoding, catalogue: Catalogue,
+                 history_length: int):
+        super().__init__()
+        self.query_tower = query_tower
+        self.text = text
+        self.catalogue = catalogue
+        self.history_length = history_length
+
+    def history_rows(self, request):
+        """[n, history_length] catalogue rows of the request's last known items, most
+        recent last, NO_ROW padded on the left as in training. A request may pad its
+        history ("") on either side; unknown entries are dropped, not counted."""
+        rows = self.catalogue.resolve(request["history"])
+        known_last = tf.argsort(tf.cast(rows != NO_ROW, tf.int32), axis=1, stable=True)
+        rows = tf.gather(rows, known_last, batch_dims=1)[:, -self.history_length:]
+        missing = self.history_length - tf.shape(rows)[1]
+        return tf.pad(rows, [[0, 0], [missing, 0]], constant_values=NO_ROW)
+
+    def embed(self, request):
+        features = self.query_tower.preprocess({
+            "user_id": request["user_id"],
+            "history": self.catalogue.ids(self.history_rows(request)),
+            "context": self.text(request["context_text"])})
+        return self.query_tower(features, training=False)
+
+
+class CandidateModel(tf.Module):
+    def __init__(self, candidate_tower, text: TextEncoding):
+        super().__init__()
+        self.candidate_tower = candidate_tower
+        self.text = text
+
+    def embed(self, request):
+        features = dict(request)
+        features["item_text"] = self.text(request["item_text"])
+        return self.candidate_tower(self.candidate_tower.preprocess(features), training=False)
+
+
+def without_history(scores, history_rows, rows=None):
+    """scores [n, m] over catalogue rows `rows` [n, m] (all rows when None) -> the same
+    with -inf where the item is in that request's history."""
+    if rows is None:
+        rows = tf.broadcast_to(tf.range(tf.shape(scores)[1], dtype=tf.int64),
+                               tf.shape(scores))
+    hit = tf.reduce_any(rows[:, :, None] == history_rows[:, None, :], axis=2)
+    return tf.where(hit, tf.constant(-np.inf, scores.dtype), scores)
+
+
+class BruteForceRetrieval(tf.Module):
+    """Exact top-k over the catalogue's embeddings, in plain TensorFlow ops; items of the
+    request's history are not returned."""
+
+    def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int):
+        super().__init__()
+        self.query = query
+        self.candidate_embeddings = tf.Variable(embeddings, trainable=False)
+        self.k = min(k, len(embeddings))
+
+    def top_k(self, request):
+        """(query embeddings [n, d], catalogue rows [n, k], scores [n, k])."""
+        query = self.query.embed(request)
+        scores = tf.matmul(query, self.candidate_embeddings, transpose_b=True)
+        top = tf.math.top_k(without_history(scores, self.query.history_rows(request)),
+                            k=self.k)
+        return query, tf.cast(top.indices, tf.int64), top.values
+
+    def retrieve(self, request):
+        _, rows, scores = self.top_k(request)
+        return {"item_ids": self.query.catalogue.ids(rows), "scores": scores}
+
+
+class ScannRetrieval(tf.Module):
+    """Top-k through a ScaNN searcher (TF ops; the searcher state is saved with the model).
+
+    It asks ScaNN for k + history_length neighbours, so that k remain once the items of
+    the request's history are dropped.
+    """
+
+    def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int):
+        super().__init__()
+        from towerrec.pipelines.index import scann_builder, scann_settings
+
+        self.query = query
+        self.k = min(k, len(embeddings))
+        self.searched = min(self.k + query.history_length, len(embeddings))
+        settings = scann_settings(len(embeddings), k=self.searched)
+        # The searcher's state as variables of this module, so that the SavedModel holds it.
+        self.scann_state = scann_builder(
+            embeddings, settings, tensorflow_ops=True).build().serialize_to_module()
+
+    def retrieve(self, request):
+        from scann.scann_ops.py import scann_ops
+
+        searcher = scann_ops.searcher_from_module(self.scann_state)
+        rows, scores = searcher.search_batched(self.query.embed(request),
+                                               final_num_neighbors=self.searched)
+        rows = tf.cast(rows, tf.int64)
+        scores = without_history(scores, self.query.history_rows(request), rows)
+        top = tf.math.top_k(scores, k=self.k)
+        rows = tf.gather(rows, top.indices, batch_dims=1)
+        return {"item_ids": self.query.catalogue.ids(rows), "scores": top.values}
+
+
+class Ranking(tf.Module):
+    """The ranker over given candidates: a request and item_ids [n, k] in retrieval order
+    -> ranker scores [n, k] (-inf for an id the catalogue does not know)."""
+
+    def __init__(self, retrieval: BruteForceRetrieval, ranker, features: RankingFeatures):
+        super().__init__()
+        self.retrieval = retrieval
+        self.ranker = ranker
+        self.features = features
+
+    def score(self, request, query, rows):
+        """Ranker scores [n, k] of catalogue rows [n, k] for the request's query [n, d]."""
+        embeddings = tf.gather(self.retrieval.candidate_embeddings, tf.maximum(rows, 0))
+        retrieval_scores = tf.einsum("nd,nkd->nk", query, embeddings)
+        features = self.features(self.retrieval.query.history_rows(request), rows,
+                                 retrieval_scores)
+        scores = self.ranker(features, training=False)
+        return tf.where(rows >= 0, scores, -np.inf)
+
+    def rank(self, request):
+        rows = self.retrieval.query.catalogue.rows.lookup(request["item_ids"])
+        query = self.retrieval.query.embed(request)
+        return {"scores": self.score(request, query, rows)}
+
+
+class Recommender(tf.Module):
+    """One request -> the final top-n: brute-force retrieval of k, reranked, new items in
+    the slots retrieval gave them. Outputs item_ids, titles, scores (the ranker's) and
+    is_new (the item had no interactions, so it holds retrieval's slot) [n, top]."""
+
+    def __init__(self, ranking: Ranking, top: int):
+        super().__init__()
+        self.ranking = ranking
+        self.top = min(top, ranking.retrieval.k)
+
+    def recommend(self, request):
+        query, rows, _ = self.ranking.retrieval.top_k(request)
+        scores = self.ranking.score(request, query, rows)
+        is_new = self.ranking.features.is_new(rows)
+        order = rerank_order(scores, is_new)[:, :self.top]
+        rows = tf.gather(rows, order, batch_dims=1)
+        catalogue = self.ranking.retrieval.query.catalogue
+        return {"item_ids": catalogue.ids(rows), "titles": tf.gather(catalogue.titles, rows),
+                "scores": tf.gather(scores, order, batch_dims=1),
+                "is_new": tf.gather(is_new, order, batch_dims=1)}

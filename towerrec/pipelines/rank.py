@@ -1,0 +1,271 @@
+"""`towerrec train-ranker`: a ranker trained on what retrieval actually returns.
+
+Retrieval has seen every training interaction, so its lists for training users would put
+their training items on top for free. The ranker's lists therefore come from a second
+retrieval model trained on each user's earlier 80% of training interactions, with 10% of
+the items held out entirely (they are new items to it, as cold items are at serving); the
+later 20% are the positives the ranker learns to lift within those lists. Every user gives
+two lists: one with their id and history (a warm request) and one with the context text
+alone (a new user's request). At serving (and in evaluation) the ranker rescores the full
+retrieval model's top-K with item tables built from all training interactions.
+
+Loss: listwise (softmax over each list against its positives). A reranker only changes the
+order within a list, and the listwise loss is about exactly that order; a pointwise loss
+spends its capacity on calibrating absolute scores that reranking never uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+import pandas as pd
+
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+import tensorflow as tf
+
+from towerrec.pipelines.config import Config
+from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, ranking_metrics,
+                                split_queries, top_k)
+from towerrec.pipelines.features import Queries, evaluation_queries
+from towerrec.pipelines.splits import hold_out_last, save_splits
+from towerrec.pipelines.train import Run, load_run, train
+from towerrec.towers.features import MULTI_VALUE_SEPARATOR
+from towerrec.towers.ranking import Ranker, rerank_order
+from towerrec.towers.ranking_features import NO_ROW, ItemTables, RankingFeatures
+
+RANKER_DIR = "ranker"
+# "Recent" popularity: interactions in the latest 10% of the data's time span.
+RECENT_FRACTION = 0.1
+
+
+@dataclasses.dataclass
+class CandidateLists:
+    """Each query's retrieved top-K: catalogue rows [n, K], retrieval scores [n, K], the
+    query's history rows [n, h] (NO_ROW padded) and labels [n, K] (1: a held-out item)."""
+    rows: np.ndarray
+    scores: np.ndarray
+    history_rows: np.ndarray
+    labels: np.ndarray
+
+
+def item_attributes(run: Run) -> np.ndarray:
+    """[catalogue, attributes]: categorical multi-hots and standardized numerics, with the
+    vocabularies and statistics the towers were trained with."""
+    parts = []
+    for column, vocabulary in run.vocabularies.categorical.items():
+        position = {v: i for i, v in enumerate(vocabulary)}
+        hot = np.zeros([len(run.catalogue[column]), len(vocabulary)], np.float32)
+        for row, cell in enumerate(run.catalogue[column]):
+            for value in str(cell).split(MULTI_VALUE_SEPARATOR):
+                if value in position:
+                    hot[row, position[value]] = 1.0
+        parts.append(hot)
+    for column, (mean, std) in run.vocabularies.numeric.items():
+        values = run.catalogue[column].astype(np.float64)
+        parts.append(np.nan_to_num((values - mean) / std)[:, None].astype(np.float32))
+    if not parts:
+        return np.zeros([len(run.catalogue["item_id"]), 0], np.float32)
+    return np.concatenate(parts, axis=1)
+
+
+def cooccurrence_neighbours(rows: np.ndarray, users: np.ndarray, num_items: int,
+                            neighbours: int, chunk: int = 512):
+    """Interactions (catalogue rows, user codes) -> per item, its `neighbours` items most
+    often seen by the same users, by cosine: (rows [items, m] with NO_ROW padding,
+    weights [items, m])."""
+    from scipy import sparse
+
+    pairs = np.unique(np.stack([users, rows], axis=1), axis=0)
+    seen = sparse.csr_matrix((np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])),
+                             shape=(int(users.max()) + 1 if len(users) else 0, num_items))
+    counts = np.asarray(seen.sum(axis=0)).ravel()
+    norm = np.sqrt(np.maximum(counts, 1.0))
+    m = min(neighbours, max(num_items - 1, 1))
+    out_rows = np.full([num_items, m], NO_ROW, np.int64)
+    out_weights = np.zeros([num_items, m], np.float32)
+    by_item = seen.T.tocsr()
+    for start in range(0, num_items, chunk):
+        block = (by_item[start:start + chunk] @ seen).toarray()      # [chunk, items]
+        block /= norm[start:start + chunk, None] * norm[None, :]
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = 0.0
+        top = np.argpartition(-block, m - 1, axis=1)[:, :m]
+        weights = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-weights, axis=1)
+        top, weights = np.take_along_axis(top, order, 1), np.take_along_axis(weights, order, 1)
+        out_rows[start:start + len(block)] = np.where(weights > 0, top, NO_ROW)
+        out_weights[start:start + len(block)] = np.where(weights > 0, weights, 0.0)
+    return out_rows, out_weights
+
+
+def item_tables(run: Run, interactions: pd.DataFrame) -> ItemTables:
+    """The ranker's item tables from `interactions` (items without any are new items)."""
+    item_ids = run.catalogue["item_id"]
+    row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    rows = row_of.loc[interactions["item_id"]].to_numpy()
+    counts = np.bincount(rows, minlength=len(item_ids)).astype(np.float32)
+    times = interactions["timestamp"].to_numpy()
+    cut = times.max() - RECENT_FRACTION * (times.max() - times.min()) if len(times) else 0
+    recent = np.bincount(rows[times >= cut], minlength=len(item_ids)).astype(np.float32)
+    users = pd.factorize(interactions["user_id"])[0]
+    neighbours, weights = cooccurrence_neighbours(rows, users, len(item_ids),
+                                                  run.config.ranker.neighbours)
+    return ItemTables(attributes=item_attributes(run),
+                      text=run.text_inputs.embed(run.catalogue["item_text"]),
+                      popularity=np.log1p(counts), recent_popularity=np.log1p(recent),
+                      neighbours=neighbours, neighbour_weights=weights)
+
+
+def history_rows(run: Run, history: np.ndarray) -> np.ndarray:
+    """Item ids [n, h] ("" padded) -> catalogue rows [n, h] (NO_ROW for "" or unknown)."""
+    row_of = {item: r for r, item in enumerate(run.catalogue["item_id"])}
+    return np.vectorize(lambda i: row_of.get(i, NO_ROW), otypes=[np.int64])(history)
+
+
+def candidate_lists(run: Run, queries: Queries, k: int = None) -> CandidateLists:
+    """Retrieval's top-k per query (training items excluded), labelled by the targets."""
+    k = k or run.config.ranker.retrieved
+    scores = query_embeddings(run, queries) @ candidate_embeddings(run).T
+    rows = top_k(scores, queries.exclude, k)
+    labels = np.stack([np.isin(r, t) for r, t in zip(rows, queries.targets)])
+    return CandidateLists(rows, np.take_along_axis(scores, rows, axis=1),
+                          history_rows(run, queries.history), labels.astype(np.float32))
+
+
+def list_features(features: RankingFeatures, lists: CandidateLists,
+                  batch_size: int = 256) -> np.ndarray:
+    """[n, K, F] features of every candidate of every list."""
+    return np.concatenate([
+        features(lists.history_rows[s:s + batch_size], lists.rows[s:s + batch_size],
+                 lists.scores[s:s + batch_size]).numpy()
+        for s in range(0, len(lists.rows), batch_size)])
+
+
+def rerank(ranker: Ranker, features: RankingFeatures, lists: CandidateLists) -> np.ndarray:
+    """Catalogue rows [n, K] in the reranked order (new items keep their slots)."""
+    scores = ranker(tf.constant(list_features(features, lists)), training=False)
+    order = rerank_order(scores, features.is_new(lists.rows)).numpy()
+    return np.take_along_axis(lists.rows, order, axis=1)
+
+
+def held_out(values: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """A seeded random `fraction` of the distinct `values`."""
+    values = np.array(sorted(set(values)), dtype=object)
+    return values[np.random.default_rng(seed).random(len(values)) < fraction]
+
+
+def _early_retrieval(config: Config, run: Run):
+    """The retrieval model the ranker's lists come from, and its held-out interactions
+    {"later": warm users' later 20%, "new_users": held-out users' interactions}.
+    Reused when an earlier `train-ranker` trained it from the same config."""
+    directory = config.run_path / RANKER_DIR / "retrieval"
+    early_config = dataclasses.replace(config, run_dir=str(directory))
+    encoder_dir = config.run_path / "encoder"
+    saved = directory / "model" / "config.json"
+    if saved.exists() and _without_ranker(json.loads(saved.read_text())) == _without_ranker(
+            json.loads(json.dumps(dataclasses.asdict(early_config)))):
+        early = load_run(early_config, encoder_dir=encoder_dir)
+        return early, {name: early.splits[name] for name in ("later", "new_users")}
+    shutil.rmtree(directory, ignore_errors=True)
+    train_split = run.splits["train"]
+    new_users = held_out(train_split["user_id"], config.ranker.new_user_fraction,
+                         config.split.seed + 1)
+    new_items = held_out(train_split["item_id"], config.split.cold_item_fraction,
+                         config.split.seed + 2)
+    is_new_user = train_split["user_id"].isin(new_users)
+    earlier, later = hold_out_last(train_split[~is_new_user],
+                                   config.split.warm_test_fraction)
+    earlier = earlier[~earlier["item_id"].isin(new_items)]
+    splits = {"train": earlier, "later": later, "new_users": train_split[is_new_user]}
+    save_splits(splits, directory / "splits")
+    print(f"ranker lists: retrieval trained on {len(earlier)} earlier interactions; "
+          f"{len(new_items)} items and {len(new_users)} users held out as new")
+    early = train(early_config, encoder_dir=encoder_dir, verbose=0)
+    return early, {name: splits[name] for name in ("later", "new_users")}
+
+
+def _without_ranker(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "ranker"}
+
+
+def train_ranker(config: Config, verbose: int = 2) -> Dict:
+    """Trains the ranker, saves it, and returns two-stage metrics per split."""
+    run = load_run(config)
+    early, held = _early_retrieval(config, run)
+    earlier = early.splits["train"]
+    history_length = config.towers.history_length
+    queries = [evaluation_queries(held["later"], earlier, early.catalogue["item_id"],
+                                  history_length, known_users=True),
+               evaluation_queries(held["new_users"], earlier, early.catalogue["item_id"],
+                                  history_length, known_users=False)]
+    features = RankingFeatures(item_tables(early, earlier))
+    lists = [candidate_lists(early, q) for q in queries]
+    x = np.concatenate([list_features(features, part) for part in lists])
+    labels = np.concatenate([part.labels for part in lists])
+    x, labels = x[labels.sum(axis=1) > 0], labels[labels.sum(axis=1) > 0]
+    print(f"ranker training lists: {len(x)} queries x {x.shape[1]} candidates, "
+          f"{x.shape[2]} features, {labels.sum():.0f} positives")
+
+    r = config.ranker
+    tf.keras.utils.set_random_seed(config.training.seed)
+    ranker = Ranker(x.shape[2])
+    ranker.normalize.adapt(x.reshape(-1, x.shape[2]))
+    ranker.compile(optimizer=tf.keras.optimizers.Adam(r.learning_rate))
+    log_dir = config.run_path / "logs" / "ranker" / time.strftime("%Y%m%d-%H%M%S")
+    ranker.fit(tf.data.Dataset.from_tensor_slices((x, labels)).shuffle(
+        len(x), seed=config.training.seed).batch(r.batch_size), epochs=r.epochs,
+        verbose=verbose, callbacks=[tf.keras.callbacks.TensorBoard(log_dir=str(log_dir))])
+    save_ranker(ranker, config.run_path / RANKER_DIR)
+    return evaluate_two_stages(run, ranker)
+
+
+def save_ranker(ranker: Ranker, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(ranker=ranker).write(str(directory / "weights"))
+    (directory / "ranker.json").write_text(json.dumps({"num_features": ranker.num_features}))
+
+
+def ranker_exists(run: Run) -> bool:
+    return (run.config.run_path / RANKER_DIR / "weights.index").exists()
+
+
+def load_ranker(run: Run) -> Ranker:
+    directory = run.config.run_path / RANKER_DIR
+    if not (directory / "weights.index").exists():
+        raise FileNotFoundError(
+            f"no trained ranker in {directory}: run `towerrec train-ranker` first")
+    saved = json.loads((directory / "ranker.json").read_text())
+    ranker = Ranker(saved["num_features"])
+    ranker(tf.zeros([1, 1, saved["num_features"]]))
+    tf.train.Checkpoint(ranker=ranker).read(str(directory / "weights")).expect_partial()
+    # tf_keras Normalization reads its statistics from tensors computed at build time, not
+    # from the restored variables: recompute them, or the ranker sees unnormalized inputs.
+    ranker.normalize.finalize_state()
+    return ranker
+
+
+def serving_features(run: Run) -> RankingFeatures:
+    """The feature tables the ranker is served with: all training interactions."""
+    return RankingFeatures(item_tables(run, run.splits["train"]))
+
+
+def evaluate_two_stages(run: Run, ranker: Ranker) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{"retrieval": {split: metrics}, "retrieval+rerank": {split: metrics}}: Recall@K for
+    the config's ks (the reranked list is retrieval's top K in another order) and NDCG@10."""
+    features = serving_features(run)
+    results = {"retrieval": {}, "retrieval+rerank": {}}
+    for split in run.splits:
+        if split == "train":
+            continue
+        queries = split_queries(run, split)
+        lists = candidate_lists(run, queries)
+        for name, rows in (("retrieval", lists.rows),
+                           ("retrieval+rerank", rerank(ranker, features, lists))):
+            metrics = ranking_metrics(rows, queries.targets, ks=run.config.evaluation.ks)
+            metrics["users"] = len(queries)
+            results[name][split] = metrics
+    return results

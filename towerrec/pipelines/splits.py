@@ -1,0 +1,116 @@
+"""Seeded, saved splits: warm (per-user temporal), cold-item and cold-user.
+
+* cold_user: every interaction of a random fraction of users; those users never train.
+* cold_item: every interaction (of the remaining users) with a random fraction of items;
+  those items never train.
+* warm: for each remaining user, the last fraction of their interactions in time.
+* train: the rest.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pandas as pd
+
+from towerrec.pipelines.config import Config
+from towerrec.pipelines.data import Dataset, DataError, read_table
+
+SPLIT_NAMES = ("warm", "cold_item", "cold_user")
+
+
+def make_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
+    """Returns {"train": ..., "warm": ..., "cold_item": ..., "cold_user": ...}."""
+    split = config.split
+    if split.train_file:
+        return _explicit_splits(dataset, config)
+    rng = np.random.default_rng(split.seed)
+    inter = dataset.interactions.sort_values(["user_id", "timestamp"], kind="stable")
+
+    users = np.sort(inter["user_id"].unique())
+    cold_users = set(rng.choice(users, int(round(len(users) * split.cold_user_fraction)),
+                                replace=False))
+    is_cold_user = inter["user_id"].isin(cold_users)
+
+    items = np.sort(inter["item_id"].unique())
+    cold_items = set(rng.choice(items, int(round(len(items) * split.cold_item_fraction)),
+                                replace=False))
+    is_cold_item = inter["item_id"].isin(cold_items) & ~is_cold_user
+
+    train, warm = hold_out_last(inter[~is_cold_user & ~is_cold_item], split.warm_test_fraction)
+    return {
+        "train": train,
+        "warm": warm,
+        "cold_item": inter[is_cold_item].reset_index(drop=True),
+        "cold_user": inter[is_cold_user].reset_index(drop=True),
+    }
+
+
+def hold_out_last(interactions: pd.DataFrame, fraction: float):
+    """Per user, the last `fraction` of interactions in time -> (earlier, later)."""
+    interactions = interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    position = interactions.groupby("user_id").cumcount()
+    count = interactions.groupby("user_id")["item_id"].transform("size")
+    later = position >= count - np.floor(count * fraction).astype(int)
+    return (interactions[~later].reset_index(drop=True),
+            interactions[later].reset_index(drop=True))
+
+
+def _explicit_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
+    """Train and test given as files with the interactions' columns (as the config names
+    them; MovieLens: user_id, item_id, timestamp, context_text)."""
+    data = config.data
+    roles = {data.user_id_column: "user_id", data.item_id_column: "item_id",
+             data.timestamp_column: "timestamp"}
+    if data.context_column:
+        roles[data.context_column] = "context_text"
+
+    def load(path: str) -> pd.DataFrame:
+        frame = read_table(path, "split").rename(columns=roles)
+        missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
+        if missing:
+            raise DataError(f"split file {path} is missing column(s) {missing}")
+        frame = frame.astype({"user_id": str, "item_id": str})
+        if "context_text" not in frame.columns:
+            frame["context_text"] = ""
+        frame["context_text"] = frame["context_text"].fillna("").astype(str)
+        return frame
+
+    splits = {"train": load(config.split.train_file)}
+    for name, path in config.split.test_files.items():
+        splits[name] = load(path)
+    known = set(dataset.item_ids)
+    for name, frame in splits.items():
+        unknown = ~frame["item_id"].isin(known)
+        if unknown.any():
+            raise DataError(f"split '{name}' names item_ids not in the items file, e.g. "
+                            f"{sorted(set(frame['item_id'][unknown]))[:5]}")
+    return splits
+
+
+def save_splits(splits: Dict[str, pd.DataFrame], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in splits.items():
+        frame.to_parquet(directory / f"{name}.parquet", index=False)
+    summary = {name: {"interactions": len(f), "users": int(f["user_id"].nunique()),
+                      "items": int(f["item_id"].nunique())} for name, f in splits.items()}
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def load_splits(directory: Path) -> Dict[str, pd.DataFrame]:
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        raise DataError(f"no saved splits in {directory}: run `towerrec train` first")
+    return {f.stem: pd.read_parquet(f) for f in files}
+
+
+def get_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
+    """The run's saved splits if they exist, else new ones, saved for every later step."""
+    directory = config.run_path / "splits"
+    if (directory / "train.parquet").exists():
+        return load_splits(directory)
+    splits = make_splits(dataset, config)
+    save_splits(splits, directory)
+    return splits

@@ -1,0 +1,179 @@
+"""`towerrec train`: config -> data -> splits -> encoder -> towers -> fit -> saved weights."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import pandas as pd
+
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+import tensorflow as tf
+
+from towerrec.pipelines.config import Config, ConfigError, to_dict
+from towerrec.pipelines.data import Dataset, load_dataset
+from towerrec.pipelines.distribute import choose_strategy, describe, loss_scaled, use_xla
+from towerrec.pipelines.features import (TextInputs, catalogue_features, tf_dataset,
+                                training_examples)
+from towerrec.pipelines.splits import get_splits
+from towerrec.towers.retrieval import TwoTowerModel, Vocabularies, build_two_tower
+from towerrec.towers.text_encoder import export_text_encoder
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a trained (or about to train) model stands on."""
+    config: Config
+    dataset: Dataset
+    splits: Dict[str, pd.DataFrame]
+    text_inputs: TextInputs
+    vocabularies: Vocabularies
+    catalogue: Dict[str, np.ndarray]
+    model: TwoTowerModel
+
+
+def vocabularies_from(dataset: Dataset, train: pd.DataFrame) -> Vocabularies:
+    from towerrec.towers.features import MULTI_VALUE_SEPARATOR, numeric_stats
+
+    items = dataset.items
+    categorical = {}
+    for name in dataset.categorical_columns:
+        values = items[name].str.split(MULTI_VALUE_SEPARATOR).explode()
+        categorical[name] = sorted(v for v in values.dropna().unique() if v)
+    return Vocabularies(
+        user_ids=sorted(train["user_id"].unique()),
+        item_ids=sorted(train["item_id"].unique()),
+        catalogue_ids=items["item_id"].tolist(),
+        categorical=categorical,
+        numeric={name: numeric_stats(items[name].to_numpy())
+                 for name in dataset.numeric_columns})
+
+
+def prepare(config: Config, encoder_dir: Optional[Path] = None,
+            vocabularies: Optional[Vocabularies] = None,
+            strategy: Optional[tf.distribute.Strategy] = None) -> Run:
+    """Loads data and splits, exports the encoder once, builds the (untrained) model, its
+    weights in `strategy`'s scope (None: the default strategy).
+
+    `vocabularies` (those a model was trained with) keep the layers' shapes when the
+    catalogue has grown since; the history text table always covers today's catalogue.
+    """
+    tf.keras.utils.set_random_seed(config.training.seed)
+    dataset = load_dataset(config)
+    splits = get_splits(dataset, config)
+    encoder_dir = Path(encoder_dir or config.run_path / "encoder")
+    export_text_encoder(encoder_dir, config.encoder.preset, config.encoder.sequence_length)
+    text_inputs = TextInputs(encoder_dir, config.encoder.fine_tune, config.encoder.batch_size)
+    if vocabularies is None:
+        vocabularies = vocabularies_from(dataset, splits["train"])
+    else:
+        vocabularies = dataclasses.replace(
+            vocabularies, catalogue_ids=dataset.items["item_id"].tolist())
+    catalogue = catalogue_features(dataset)
+    catalogue_text = text_inputs.embed(catalogue["item_text"])
+    model = build_two_tower(
+        vocabularies, catalogue_text, config.towers, config.training,
+        encoder_path=str(encoder_dir / "encoder") if config.encoder.fine_tune else None,
+        strategy=strategy)
+    return Run(config, dataset, splits, text_inputs, vocabularies, catalogue, model)
+
+
+def training_features(run: Run) -> Dict[str, np.ndarray]:
+    """Training examples joined with the candidate features of their items."""
+    examples = training_examples(run.splits["train"], run.config.towers.history_length)
+    row_of = {item: row for row, item in enumerate(run.catalogue["item_id"])}
+    rows = np.array([row_of[i] for i in examples["item_id"]])
+    for name, values in run.catalogue.items():
+        if name != "item_id":
+            examples[name] = values[rows]
+    return examples
+
+
+class _EpochEvaluation(tf.keras.callbacks.Callback):
+    """After each epoch: warm-split metrics in the log line and in TensorBoard."""
+
+    def __init__(self, run: Run, log_dir: Path):
+        super().__init__()
+        self.run = run
+        self.writer = tf.summary.create_file_writer(str(log_dir / "evaluation"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        from towerrec.pipelines.evaluate import evaluate_split
+        metrics = evaluate_split(self.run, "warm")
+        with self.writer.as_default():
+            for name in ("recall_at_10", "recall_at_100", "ndcg_at_10"):
+                tf.summary.scalar(f"warm/{name}", metrics[name], step=epoch)
+                if logs is not None:
+                    logs[f"warm_{name}"] = metrics[name]
+
+
+def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
+          warm_start: Optional[Callable[[Run], None]] = None,
+          vocabularies: Optional[Vocabularies] = None,
+          epochs: Optional[int] = None) -> Run:
+    """Trains the two towers and writes weights, vocabularies, logs and checkpoints, under
+    the strategy, XLA and precision settings of `config.training`.
+
+    `warm_start(run)`, when given, sets the new model's weights before training (retrain);
+    `vocabularies` then are the extended ones it was built with."""
+    t = config.training
+    strategy = choose_strategy(t.strategy)
+    xla = use_xla(t.jit_compile, strategy)
+    if t.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"training.batch_size {t.batch_size} does not split evenly over "
+                          f"the replicas ({describe(strategy, xla)})")
+    run = prepare(config, encoder_dir, vocabularies=vocabularies, strategy=strategy)
+    if warm_start is not None:
+        warm_start(run)
+    features = training_features(run)
+    print(f"training on {len(features['item_id'])} interactions, "
+          f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
+          f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
+          f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
+    data = tf_dataset(features, run.text_inputs, t.batch_size, run.model.preprocess,
+                      shuffle_seed=t.seed, drop_remainder=True)
+    with strategy.scope():
+        optimizer = loss_scaled(tf.keras.optimizers.Adam(t.learning_rate), t.mixed_precision)
+        run.model.compile(optimizer=optimizer, xla=xla)
+    run_path = config.run_path
+    log_dir = run_path / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    checkpoint = tf.train.Checkpoint(model=run.model)
+    manager = tf.train.CheckpointManager(checkpoint, str(run_path / "checkpoints"),
+                                         max_to_keep=3)
+    callbacks = [
+        tf.keras.callbacks.TensorBoard(log_dir=str(log_dir), update_freq="epoch"),
+        tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: manager.save()),
+    ]
+    if "warm" in run.splits:
+        callbacks.insert(0, _EpochEvaluation(run, log_dir))
+    run.model.fit(data, epochs=epochs or t.epochs, callbacks=callbacks, verbose=verbose)
+    save_model(run)
+    return run
+
+
+def save_model(run: Run) -> None:
+    directory = run.config.run_path / "model"
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(model=run.model).write(str(directory / "weights"))
+    (directory / "vocabularies.json").write_text(
+        json.dumps(dataclasses.asdict(run.vocabularies)))
+    (directory / "config.json").write_text(json.dumps(to_dict(run.config), indent=2))
+
+
+def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
+    """The trained model of this config's run folder, with its data and splits."""
+    directory = config.run_path / "model"
+    if not (directory / "weights.index").exists():
+        raise FileNotFoundError(
+            f"no trained model in {directory}: run `towerrec train --config ...` first")
+    vocabularies = Vocabularies(**json.loads((directory / "vocabularies.json").read_text()))
+    vocabularies.numeric = {k: tuple(v) for k, v in vocabularies.numeric.items()}
+    run = prepare(config, encoder_dir, vocabularies=vocabularies)
+    from towerrec.pipelines.evaluate import candidate_embeddings
+    candidate_embeddings(run)  # builds the variables before they are restored
+    status = tf.train.Checkpoint(model=run.model).read(str(directory / "weights"))
+    status.expect_partial()
+    return run

