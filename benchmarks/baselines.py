@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from towerrec.pipelines.config import load_config  # noqa: E402
 from towerrec.pipelines.evaluate import (evaluate_run, evaluate_scores, markdown_table,  # noqa: E402
-                                METRIC_NOTE, split_queries)
+                                METRIC_NOTE, split_queries, split_size)
 from towerrec.pipelines.features import Queries  # noqa: E402
+from towerrec.pipelines.topk import DotScores  # noqa: E402
 from towerrec.pipelines.rank import train_ranker  # noqa: E402
 from towerrec.pipelines.train import Run, train  # noqa: E402
 
@@ -46,7 +47,9 @@ SPLITS = ("warm", "cold_item", "cold_user")
 JUDGED = {"warm": ("recall_at_10", "ndcg_at_10"),
           "cold_item": ("recall_at_100",),
           "cold_user": ("recall_at_100", "ndcg_at_10")}
-Scorer = Callable[[Queries], np.ndarray]  # queries -> [users, catalogue] scores
+# queries -> their scores against the catalogue, as user and item vectors (DotScores):
+# evaluation scores them a chunk of users at a time, never [users, catalogue] at once.
+Scorer = Callable[[Queries], DotScores]
 
 
 def _rows(run: Run, ids, column: str) -> np.ndarray:
@@ -57,7 +60,7 @@ def _rows(run: Run, ids, column: str) -> np.ndarray:
 def popularity(run: Run) -> Dict[str, Scorer]:
     counts = np.bincount(_rows(run, run.splits["train"]["item_id"], "item_id"),
                          minlength=len(run.catalogue["item_id"])).astype(np.float32)
-    return {"": lambda q: np.tile(counts, (len(q), 1))}
+    return {"": lambda q: DotScores(np.ones([len(q), 1], np.float32), counts[:, None])}
 
 
 def _user_index(run: Run):
@@ -90,7 +93,7 @@ def als(run: Run) -> Dict[str, Scorer]:
         def score(q, users=users, items=items):
             vectors = np.stack([users[user_of[u]] if u in user_of else np.zeros(users.shape[1])
                                 for u in q.user_id])
-            return vectors @ items.T
+            return DotScores(vectors, items)
         scorers[f"factors={factors},reg={reg},alpha={alpha}"] = score
     return scorers
 
@@ -137,7 +140,8 @@ def tfrs_basic(run: Run) -> Dict[str, Scorer]:
             items = model.item(catalogue).numpy()
 
             def score(q, model=model, items=items):
-                return model.user(tf.constant(q.user_id.astype(str))).numpy() @ items.T
+                users = model.user(tf.constant(q.user_id.astype(str))).numpy()
+                return DotScores(users, items)
             scorers[f"dim={dim},epochs={epochs}"] = score
     return scorers
 
@@ -154,7 +158,7 @@ def content(run: Run) -> Dict[str, Scorer]:
             users = np.stack([
                 item_vectors[histories[u][-length:]].mean(axis=0) if u in histories
                 else context[row] for row, u in enumerate(q.user_id)])
-            return users @ item_vectors.T
+            return DotScores(users, item_vectors)
         scorers[f"last {length} items" if length < 10_000 else "all items"] = score
     return scorers
 
@@ -195,6 +199,7 @@ def main(argv: List[str] = None):
         results[name], settings[name] = {}, {}
         for split, q in queries.items():
             settings[name][split], results[name][split] = best_of(scorers, q, split)
+            results[name][split]["users_total"] = split_size(run, split)
         print(f"{name}: {len(scorers)} setting(s) in {time.time() - started:.0f}s; best "
               + ", ".join(f"{s}: {v}" for s, v in settings[name].items()))
 

@@ -46,11 +46,11 @@ def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
     return run, base, export_models(run, base, k=K)
 
 
-def test_catalogue_resolves_ids_and_titles():
+def test_catalogue_resolves_ids_and_titles(tmp_path):
     from towerrec.pipelines.graphs import Catalogue
     import tensorflow as tf
     catalogue = Catalogue(["1", "2", "3"], ["Matrix, The (1999)", "Alien (1979)",
-                                            "Alien (1986)"])
+                                            "Alien (1986)"], tmp_path)
     history = tf.constant([["the matrix", "ALIEN", "Alien (1986)", "2", "nope", ""]])
     assert catalogue.resolve(history).numpy().tolist() == [[0, 1, 2, 1, -1, -1]]
 

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from towerrec.pipelines.evaluate import split_queries
 from towerrec.pipelines.rank import (candidate_lists, cooccurrence_neighbours, hold_out_last,
-                            item_tables, list_features, load_ranker, rerank, train_ranker)
+                                     list_features, load_ranker, ranking_features, rerank,
+                                     train_ranker)
 from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 from towerrec.towers.ranking import rerank_order
@@ -60,7 +61,7 @@ def test_lists_label_the_held_out_items_and_features_are_finite(run):
                                            queries.exclude):
         np.testing.assert_array_equal(labels, np.isin(rows, targets))
         assert not np.isin(rows, seen).any()  # training items are never candidates
-    features = list_features(RankingFeatures(item_tables(run, run.splits["train"])), lists)
+    features = list_features(ranking_features(run, run.splits["train"]), lists)
     assert features.shape == (len(queries), 50, NUM_FEATURES)
     assert np.isfinite(features).all()
 
@@ -74,7 +75,7 @@ def test_rerank_order_keeps_new_items_in_their_slots():
 
 def test_rerank_only_reorders_and_cold_items_keep_their_slots(run, trained_ranker):
     _, ranker = trained_ranker
-    features = RankingFeatures(item_tables(run, run.splits["train"]))
+    features = ranking_features(run, run.splits["train"])
     queries = split_queries(run, "cold_item")
     lists = candidate_lists(run, queries, k=50)
     reordered = rerank(ranker, features, lists)

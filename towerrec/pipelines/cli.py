@@ -121,6 +121,21 @@ def _rollback(args) -> int:
     return 0
 
 
+def _synth(args) -> int:
+    from towerrec.pipelines.synthetic import generate
+
+    started = time.time()
+    written = generate(args.out, args.size, args.seed, args.items, args.interactions,
+                       args.users)
+    seconds = time.time() - started
+    print(f"{written['items']:,} items ({written['item_shards']} shard(s)), "
+          f"{written['interactions']:,} interactions ({written['interaction_shards']} "
+          f"shard(s)), {written['users']:,} users, {written['topics']} topics in {args.out}")
+    print(f"{seconds:.1f}s, {(written['items'] + written['interactions']) / seconds:,.0f} "
+          "rows/s")
+    return 0
+
+
 def _serve(args) -> int:
     import logging
 
@@ -257,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("model", help="model name, or 'all'")
     rollback.add_argument("--model-base-path", default="models",
                           help="TF Serving model base path (default: models)")
+    synth = commands.add_parser(
+        "synth", help="Write a seeded synthetic catalogue as Parquet shards (scale tests).",
+        description="Write items and interactions of a synthetic catalogue (the same for the "
+        "same size and seed) as <out>/items/part-*.parquet, <out>/interactions/part-*.parquet "
+        "and <out>/synthetic.json; the source `data.source: synthetic` reads them.")
+    synth.set_defaults(handler=_synth)
+    synth.add_argument("--size", default="S", help="XS, S, M, L (the README's sizes table) "
+                       "or custom with --items, --interactions, --users (default: S)")
+    synth.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    synth.add_argument("--out", required=True, help="folder to write; an existing one is "
+                       "replaced only if it holds the same size and seed")
+    for count in ("items", "interactions", "users"):
+        synth.add_argument(f"--{count}", type=int, default=None,
+                           help=f"with --size custom: the number of {count}")
     serve = commands.add_parser(
         "serve", help="Serve the exports over TF Serving's gRPC and REST APIs.",
         description="Serve every model under --model-base-path (or a TF Serving "
@@ -313,8 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_pipeline_steps() -> None:
+    """The library's step reports (stage times, peak memory) on stderr, one plain line each."""
+    import logging
+
+    logger = logging.getLogger("towerrec.pipelines")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        _log_pipeline_steps()
     from towerrec.towers.text_encoder import EncoderError
     try:
         return args.handler(args)

@@ -25,13 +25,30 @@ class ConfigError(ValueError):
     """The config file names a key or value that does not exist."""
 
 
+# The synthetic catalogues (pipelines/synthetic.py), name: (items, interactions, users).
+# XS is for tests; "custom" takes the three counts of data.synthetic_*.
+SYNTHETIC_SIZES = {"XS": (1_000, 10_000, 500), "S": (10_000, 100_000, 5_000),
+                   "M": (100_000, 1_000_000, 50_000), "L": (1_000_000, 10_000_000, 500_000)}
+CUSTOM_SIZE = "custom"
+
+
 @dataclasses.dataclass
 class DataConfig:
-    # "movielens-100k" (RecBole wheel or GroupLens folder), "csv" or "parquet".
+    # "movielens-100k" (RecBole wheel or GroupLens folder), "csv", "parquet" or
+    # "synthetic" (pipelines/synthetic.py; it sets the column roles, the ones below are
+    # ignored).
     source: str = "movielens-100k"
     # MovieLens: a folder with u.data/u.item/u.user (GroupLens) or ml-100k.* (RecBole),
     # or the RecBole wheel itself. Empty: the wheel that `make setup` downloads.
+    # Synthetic: the folder of the shards, generated there when missing. Empty:
+    # data/synthetic-<size>-seed<seed>.
     path: str = ""
+    # Synthetic: XS, S, M, L (synthetic.SIZES) or custom (the three counts below).
+    size: str = "S"
+    synthetic_seed: int = 0
+    synthetic_items: int = 0
+    synthetic_interactions: int = 0
+    synthetic_users: int = 0
     # csv / parquet: the two files and the roles of their columns.
     interactions: str = ""
     items: str = ""
@@ -47,6 +64,11 @@ class DataConfig:
     numeric_columns: List[str] = dataclasses.field(default_factory=list)
     # Interactions with a rating below this are dropped (implicit feedback).
     min_rating: Optional[float] = None
+
+    def __post_init__(self):
+        if self.size not in (*SYNTHETIC_SIZES, CUSTOM_SIZE):
+            raise ConfigError(f"data.size: {self.size!r} is not one of "
+                              f"{', '.join([*SYNTHETIC_SIZES, CUSTOM_SIZE])}")
 
 
 @dataclasses.dataclass
@@ -136,6 +158,12 @@ class RankerConfig:
     neighbours: int = 50
     # Users held out of the ranker's list-making retrieval model: its new-user lists.
     new_user_fraction: float = 0.2
+    # Users whose retrieved lists train the ranker, a seeded sample of each kind (warm,
+    # new); null: all. Tens of thousands of lists teach its 13 features as well as more.
+    list_users: Optional[int] = 20_000
+    # Co-occurrence counts only each user's latest N interactions (a power user's items
+    # give quadratically many pairs); null: all.
+    cooccurrence_history: Optional[int] = 200
 
 
 @dataclasses.dataclass
@@ -153,11 +181,18 @@ class RetrainConfig:
 @dataclasses.dataclass
 class EvalConfig:
     ks: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
+    # Users evaluated per held-out split: null is all of them, N a seeded uniform sample
+    # of N (seed: split.seed). Full-catalogue scoring of 500k users takes CPU hours.
+    max_users: Optional[int] = None
 
     def __post_init__(self):
         if not {10, 100} <= set(self.ks):
             raise ConfigError(f"evaluation.ks: {self.ks} must include 10 and 100 (the "
                               "per-epoch metrics and the gate report Recall@10, Recall@100)")
+        users = self.max_users
+        if users is not None and (type(users) is not int or users < 1):  # bool is no count
+            raise ConfigError(f"evaluation.max_users: {self.max_users!r} must be a positive "
+                              "integer or null (every user)")
 
 
 @dataclasses.dataclass

@@ -51,9 +51,12 @@ def load_dataset(config: Config) -> Dataset:
         dataset = load_movielens_100k(data.path)
     elif data.source in ("csv", "parquet"):
         dataset = _load_tabular(data)
+    elif data.source == "synthetic":
+        from towerrec.pipelines.synthetic import load_synthetic
+        dataset = load_synthetic(data)
     else:
-        raise DataError(
-            f"data.source '{data.source}' is not one of: movielens-100k, csv, parquet")
+        raise DataError(f"data.source '{data.source}' is not one of: movielens-100k, csv, "
+                        "parquet, synthetic")
     added = config.run_path / ADDED_ITEMS
     if added.exists():
         added = pd.read_parquet(added)
@@ -200,6 +203,12 @@ def validate(dataset: Dataset) -> None:
         empty = inter[column].isin(["", "nan", "None"])
         if empty.any():
             raise DataError(f"interactions: row {int(empty.idxmax())} has an empty {column}")
+    # Id vocabularies and catalogue tables are files of one id per line (exported as assets).
+    for what, frame, column in (("interactions", inter, "user_id"), ("items", items, "item_id")):
+        broken = frame[column].str.contains(r"[\t\n\r]", regex=True)
+        if broken.any():
+            raise DataError(f"{what}: row {int(broken.idxmax())} has a tab or line break in "
+                            f"{column} {frame[column][broken].iloc[0]!r}")
     unknown = ~inter["item_id"].isin(set(items["item_id"]))
     if unknown.any():
         examples = sorted(set(inter["item_id"][unknown]))[:5]

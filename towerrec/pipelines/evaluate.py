@@ -1,67 +1,97 @@
-"""Full-catalogue ranking metrics: Recall@K and NDCG@K, per-user mean.
+"""Full-catalogue ranking metrics: Recall@K and NDCG@K, per-user mean and its standard error.
 
 Every model (towerrec and the baselines) is judged by the same function: it hands over a
-score matrix [users, catalogue]; items each user saw in training are not ranked.
+score source [users, catalogue] (see towerrec.pipelines.topk), scored a chunk of users at
+a time; items each user saw in training are not ranked. `evaluation.max_users` evaluates a
+seeded uniform sample of each split's users instead of all of them.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
 import numpy as np
+import pandas as pd
 
 from towerrec.pipelines.features import Queries
+from towerrec.pipelines.topk import DotScores, top_k_scores
 
-METRIC_NOTE = ("Full-catalogue ranking, each user's training items excluded; per-user mean. "
-               "Recall@K = hits in top K / number of held-out items of the user.")
+METRIC_NOTE = ("Full-catalogue ranking, each user's training items excluded; per-user mean "
+               "± its standard error. Recall@K = hits in top K / number of held-out items "
+               "of the user.")
 
 
 def top_k(scores: np.ndarray, exclude: List[np.ndarray], k: int) -> np.ndarray:
     """[users, items] scores -> [users, k] item rows, best first, excluded rows skipped."""
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    for row, items in enumerate(exclude):
-        scores[row, items] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    return top_k_scores(scores, k, exclude)[0]
+
+
+def target_hits(top: np.ndarray, targets: List[np.ndarray]) -> np.ndarray:
+    """Catalogue rows [n, k] and each row's targets -> bool [n, k]: is it a target."""
+    lengths = np.array([len(t) for t in targets], np.int64)
+    flat = (np.concatenate(targets) if len(targets) else np.zeros(0)).astype(np.int64)
+    # One key per (user, row): row + 1 keeps NO_ROW (-1) from meeting the previous user.
+    width = max(int(top.max(initial=-1)), int(flat.max(initial=-1))) + 2
+    user = np.arange(len(top), dtype=np.int64)
+    keys = np.repeat(user, lengths) * width + flat + 1
+    return np.isin(user[:, None] * width + top + 1, keys)
 
 
 def ranking_metrics(top: np.ndarray, targets: List[np.ndarray],
                     ks: Sequence[int] = (10, 100)) -> Dict[str, float]:
-    """Recall@k for every k, NDCG@10; per-user mean over users with at least one target."""
-    results = {f"recall_at_{k}": [] for k in ks}
-    results["ndcg_at_10"] = []
-    discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
-    for row, target in enumerate(targets):
-        if len(target) == 0:
-            continue
-        hits = np.isin(top[row], target)
-        for k in ks:
-            results[f"recall_at_{k}"].append(hits[:k].sum() / len(target))
-        ideal = discounts[:min(10, len(target))].sum()
-        results["ndcg_at_10"].append((hits[:10] * discounts[:10]).sum() / ideal)
-    return {name: float(np.mean(values)) for name, values in results.items()}
-
-
-def evaluate_scores(scores: np.ndarray, queries: Queries,
-                    ks: Sequence[int] = (10, 100)) -> Dict[str, float]:
-    metrics = ranking_metrics(top_k(scores, queries.exclude, max(ks)), queries.targets, ks)
-    metrics["users"] = len(queries)
+    """Recall@k for every k and NDCG@10 over users with at least one target: per-user mean
+    ("recall_at_10") and its standard error ("recall_at_10_se"), and "users", their number.
+    The standard error is nan for fewer than two users."""
+    lengths = np.array([len(t) for t in targets], np.int64)
+    judged = lengths > 0
+    hits, lengths = target_hits(top, targets)[judged], lengths[judged]
+    discounts = 1.0 / np.log2(np.arange(2, min(10, top.shape[1]) + 2))
+    ideal = np.cumsum(discounts)[np.minimum(lengths, len(discounts)) - 1]
+    per_user = {f"recall_at_{k}": hits[:, :k].sum(axis=1) / lengths for k in ks}
+    per_user["ndcg_at_10"] = (hits[:, :len(discounts)] @ discounts) / ideal
+    metrics = {}
+    for name, values in per_user.items():
+        metrics[name] = float(values.mean()) if len(values) else float("nan")
+        metrics[f"{name}_se"] = (float(values.std(ddof=1) / np.sqrt(len(values)))
+                                 if len(values) > 1 else float("nan"))
+    metrics["users"] = int(judged.sum())
     return metrics
+
+
+def evaluate_scores(scores, queries: Queries, ks: Sequence[int] = (10, 100),
+                    chunk_rows: int = None) -> Dict[str, float]:
+    """Metrics of a score source [users, catalogue] (a score matrix, or `DotScores`),
+    scored `chunk_rows` users at a time (default: by memory budget, see topk)."""
+    rows, _ = top_k_scores(scores, max(ks), queries.exclude, chunk_rows)
+    return ranking_metrics(rows, queries.targets, ks)
+
+
+def _cell(metrics: Dict[str, float], column: str, errors: bool) -> str:
+    se = metrics.get(f"{column}_se")
+    if errors and se is not None:
+        return f"{metrics[column]:.4f} ± {se:.4f}"
+    return f"{metrics[column]:.4f}"
+
+
+def _users(metrics: Dict[str, float]) -> str:
+    users, total = metrics.get("users", ""), metrics.get("users_total")
+    return f"{users} of {total}" if total is not None and total != users else f"{users}"
 
 
 def markdown_table(rows: Dict[str, Dict[str, Dict[str, float]]],
                    columns: Sequence[str] = ("recall_at_10", "recall_at_100",
-                                             "ndcg_at_10")) -> str:
-    """{model: {split: metrics}} -> a markdown table, one row per model and split."""
+                                             "ndcg_at_10"),
+                   errors: bool = True) -> str:
+    """{model: {split: metrics}} -> a markdown table, one row per model and split; with
+    `errors`, each mean with its standard error ("0.1461 ± 0.0040"); "users" says
+    "N of M" where a sample of the split was evaluated."""
     header = "| model | split | users | " + " | ".join(
         c.replace("_at_", "@").replace("recall", "Recall").replace("ndcg", "NDCG")
         for c in columns) + " |"
     lines = [header, "|" + "---|" * (3 + len(columns))]
     for model, splits in rows.items():
         for split, metrics in splits.items():
-            values = " | ".join(f"{metrics[c]:.4f}" for c in columns)
-            lines.append(f"| {model} | {split} | {metrics.get('users', '')} | {values} |")
+            values = " | ".join(_cell(metrics, c, errors) for c in columns)
+            lines.append(f"| {model} | {split} | {_users(metrics)} | {values} |")
     return "\n".join(lines)
 
 
@@ -78,16 +108,35 @@ def candidate_embeddings(run) -> np.ndarray:
 
 
 def query_embeddings(run, queries: Queries) -> np.ndarray:
-    features = {"user_id": queries.user_id, "history": queries.history,
+    from towerrec.pipelines.features import catalogue_rows
+
+    features = {"user_id": queries.user_id,
+                "history_rows": catalogue_rows(run.catalogue["item_id"], queries.history),
                 "context_text": queries.context_text}
     return _embed(run.model.query_tower, features, run.text_inputs)
 
 
+def sampled_split(run, split: str) -> pd.DataFrame:
+    """The split's interactions of every user, or with `evaluation.max_users` of a seeded
+    uniform sample of that many users (seed: `split.seed`)."""
+    from towerrec.pipelines.features import sample_users
+
+    return sample_users(run.splits[split], run.config.evaluation.max_users,
+                        run.config.split.seed)
+
+
+def split_size(run, split: str) -> int:
+    """Users of the split (evaluated or not)."""
+    return int(run.splits[split]["user_id"].nunique())
+
+
 def split_queries(run, split: str) -> Queries:
+    """Queries of the split's (sampled) users: the sample is drawn first, so users left out
+    cost nothing."""
     from towerrec.pipelines.features import evaluation_queries
 
     return evaluation_queries(
-        run.splits[split], run.splits["train"], run.catalogue["item_id"],
+        sampled_split(run, split), run.splits["train"], run.catalogue["item_id"],
         run.config.towers.history_length, known_users=(split != "cold_user"))
 
 
@@ -103,10 +152,14 @@ def training_queries(run, users: int) -> Queries:
 
 
 def evaluate_split(run, split: str, candidates: np.ndarray = None) -> Dict[str, float]:
+    """Metrics of the split's (sampled) users; "users" evaluated of "users_total". Peak
+    memory: candidates [catalogue, d], query embeddings [users, d], one chunk's scores."""
     queries = split_queries(run, split)
     candidates = candidate_embeddings(run) if candidates is None else candidates
-    scores = query_embeddings(run, queries) @ candidates.T
-    return evaluate_scores(scores, queries, run.config.evaluation.ks)
+    metrics = evaluate_scores(DotScores(query_embeddings(run, queries), candidates), queries,
+                              run.config.evaluation.ks)
+    metrics["users_total"] = split_size(run, split)
+    return metrics
 
 
 def evaluate_run(run) -> Dict[str, Dict[str, float]]:

@@ -14,6 +14,8 @@ has a `serving_default` signature with named inputs and outputs:
 * recommender:     the query inputs -> item_ids, titles [n, 10] str, scores [n, 10],
                    is_new [n, 10] bool: brute-force retrieval of 100, reranked, a new item
                    in the slot retrieval gave it (pure TensorFlow)
+* recommender_scann: the same with ScaNN's top k instead of brute force, for big
+                   catalogues (needs the ScaNN ops, as retrieval_scann)
 
 A history names items by id or by title. The graphs are in pipelines/graphs.py.
 
@@ -23,6 +25,7 @@ so a reader (TF Serving polls the base path) never sees half a version.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -31,7 +34,9 @@ import numpy as np
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
-from towerrec.pipelines.publish import MODELS, PROVENANCE, discard, exclusive, publish, staged_dir
+from towerrec.pipelines.features import utf8
+from towerrec.pipelines.publish import (MODELS, PROVENANCE, RANKED_MODELS, discard, exclusive,
+                                        publish, staged_dir)
 
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
@@ -78,13 +83,6 @@ def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarr
         writer.write(log.SerializeToString())
 
 
-def utf8(values) -> np.ndarray:
-    """Strings (any shape) -> a bytes array, UTF-8, as string tensors want them."""
-    values = np.asarray(values, dtype=object)
-    return np.array([str(v).encode("utf-8") for v in values.ravel()],
-                    dtype=object).reshape(values.shape)
-
-
 def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
     """{model name: a small real request for it}, from the run's data (warm-up, tests)."""
     from towerrec.pipelines.evaluate import training_queries
@@ -111,40 +109,59 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
     staged for the caller, who holds the lock, to `publish` or `discard`).
     `ranker` and `recommender` need a trained ranker (`towerrec train-ranker`); without
     one they are skipped, with a message."""
+    base_path = Path(base_path)
+    # The catalogue's lookup files live here until the SavedModels have copied them.
+    with tempfile.TemporaryDirectory(prefix="towerrec-export-") as table_dir:
+        return _export_models(run, base_path, Path(table_dir), k, models, stage_only)
+
+
+def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
+                   models: Optional[List[str]], stage_only: bool) -> Dict[str, Path]:
     from towerrec.pipelines.evaluate import candidate_embeddings
     from towerrec.pipelines.graphs import (BruteForceRetrieval, CandidateModel, Catalogue,
-                                  QueryModel, Ranking, Recommender, ScannRetrieval,
-                                  TextEncoding, candidate_signature, query_signature,
-                                  ranker_signature)
+                                           QueryModel, Ranking, Recommender, ScannRetrieval,
+                                           TextEncoding, candidate_signature,
+                                           query_signature, ranker_signature)
     from towerrec.pipelines.rank import load_ranker, ranker_exists, serving_features
 
-    base_path = Path(base_path)
     k = k or run.config.ranker.retrieved
     text = TextEncoding(run.text_inputs.encoder.directory)
-    catalogue = Catalogue(run.catalogue["item_id"], run.dataset.items["title"])
+    catalogue = Catalogue(run.catalogue["item_id"], run.dataset.items["title"], table_dir)
     query = QueryModel(run.model.query_tower, text, catalogue, run.config.towers.history_length)
     candidate = CandidateModel(run.model.candidate_tower, text)
     embeddings = candidate_embeddings(run)
     q_spec = query_signature()
     c_spec = candidate_signature(run.dataset.categorical_columns, run.dataset.numeric_columns)
     brute = BruteForceRetrieval(query, embeddings, k)
+    searchers = []
+
+    def scann():
+        """One ScaNN searcher (built once: at a million items that takes minutes), shared
+        by retrieval_scann and recommender_scann."""
+        if not searchers:
+            searchers.append(ScannRetrieval(query, embeddings, k))
+        return searchers[0]
+
     wanted = [m for m in MODELS if not models or m in models]
     plan = {
         "query_tower": lambda: (query, query.embed, q_spec, "query_embedding", SAVE_OPTIONS),
         "candidate_tower": lambda: (candidate, candidate.embed, c_spec, "candidate_embedding",
                                     SAVE_OPTIONS),
         "retrieval_brute_force": lambda: (brute, brute.retrieve, q_spec, None, SAVE_OPTIONS),
-        "retrieval_scann": lambda: _scann(ScannRetrieval(query, embeddings, k), q_spec),
+        "retrieval_scann": lambda: _scann(scann(), q_spec),
     }
     if ranker_exists(run):
         ranking = Ranking(brute, load_ranker(run), serving_features(run))
-        recommender = Recommender(ranking, run.config.ranker.recommended)
+        recommended = run.config.ranker.recommended
+        recommender = Recommender(ranking, recommended)
         plan["ranker"] = lambda: (ranking, ranking.rank, ranker_signature(), None,
                                   SAVE_OPTIONS)
         plan["recommender"] = lambda: (recommender, recommender.recommend, q_spec, None,
                                        SAVE_OPTIONS)
+        plan["recommender_scann"] = lambda: _scann(
+            Recommender(ranking, recommended, retrieval=scann()), q_spec, "recommend")
     else:
-        skipped = [m for m in ("ranker", "recommender") if m in wanted]
+        skipped = [m for m in RANKED_MODELS if m in wanted]
         if skipped:
             print(f"not exported: {', '.join(skipped)} (no trained ranker: run "
                   f"`towerrec train-ranker --config ...` first)")
@@ -165,5 +182,5 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
         return staged if stage_only else publish(staged)
 
 
-def _scann(module, spec):
-    return module, module.retrieve, spec, None, SCANN_SAVE_OPTIONS
+def _scann(module, spec, method: str = "retrieve"):
+    return module, getattr(module, method), spec, None, SCANN_SAVE_OPTIONS

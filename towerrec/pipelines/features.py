@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
 from towerrec.pipelines.data import Dataset
+from towerrec.towers.features import NO_ROW, host_variable
 
 NO_USER = ""  # the user id of a query from someone the model has never seen
 # Text columns of the examples -> the tower inputs that read them.
@@ -36,6 +37,18 @@ class Queries:
         return len(self.user_id)
 
 
+@dataclasses.dataclass
+class Indexed:
+    """A column stored once per distinct value: `values` [m, ...] and, per example, the
+    row of its value, `index` [n] int. A million interactions of ten thousand items hold
+    each item's features once, not once per interaction."""
+    values: np.ndarray
+    index: np.ndarray
+
+    def __len__(self):
+        return len(self.index)
+
+
 def pad_history(sequences: List[List[str]], length: int) -> np.ndarray:
     out = np.full([len(sequences), length], "", dtype=object)
     for row, seq in enumerate(sequences):
@@ -45,21 +58,62 @@ def pad_history(sequences: List[List[str]], length: int) -> np.ndarray:
     return out
 
 
-def training_examples(train: pd.DataFrame, history_length: int) -> Dict[str, np.ndarray]:
-    """One example per training interaction; the history is what the user did before."""
+def catalogue_rows(catalogue_ids: np.ndarray, item_ids) -> np.ndarray:
+    """Item ids (any shape; "" or unknown allowed) -> catalogue rows int64, NO_ROW where
+    the catalogue does not know the id."""
+    item_ids = np.asarray(item_ids, dtype=object)
+    rows = pd.Index(catalogue_ids).get_indexer(item_ids.ravel())
+    return np.where(rows >= 0, rows, NO_ROW).astype(np.int64).reshape(item_ids.shape)
+
+
+def history_windows(rows: np.ndarray, user_start: np.ndarray, length: int,
+                    chunk: int = 1 << 20) -> np.ndarray:
+    """Per example i of a user's time-ordered interactions (rows [n], the user's first
+    example user_start [n]): the `length` rows before it, most recent last, NO_ROW padded
+    on the left -> int32 [n, length]. Built in chunks: never an [n, length] int64."""
+    out = np.empty([len(rows), length], np.int32)
+    offsets = np.arange(-length, 0)
+    for begin in range(0, len(rows), chunk):
+        end = min(begin + chunk, len(rows))
+        before = np.arange(begin, end)[:, None] + offsets[None, :]
+        valid = before >= user_start[begin:end, None]
+        out[begin:end] = np.where(valid, rows[np.maximum(before, 0)], NO_ROW)
+    return out
+
+
+def training_examples(train: pd.DataFrame, catalogue_ids: np.ndarray,
+                      history_length: int) -> Dict[str, object]:
+    """One example per training interaction; the history is what the user did before.
+
+    {"user_id": Indexed, "history_rows": int32 [n, history_length] (NO_ROW padded),
+     "context_text": Indexed, "item_row": int32 [n] (catalogue rows),
+     "item_probability": float32 [n] (the item's share of training interactions)}.
+    Numbers only per interaction: strings are held once per distinct value."""
     train = train.sort_values(["user_id", "timestamp"], kind="stable")
-    histories = []
-    for _, items in train.groupby("user_id", sort=False)["item_id"]:
-        items = items.tolist()
-        histories += [items[max(0, i - history_length):i] for i in range(len(items))]
-    counts = train["item_id"].value_counts()
+    rows = catalogue_rows(catalogue_ids, train["item_id"].to_numpy()).astype(np.int32)
+    user_codes, users = pd.factorize(train["user_id"], sort=False)
+    first = np.r_[True, user_codes[1:] != user_codes[:-1]] if len(rows) else np.zeros(0, bool)
+    user_start = np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
+    context_codes, contexts = pd.factorize(train["context_text"], sort=False)
+    counts = np.bincount(rows, minlength=len(catalogue_ids))
     return {
-        "user_id": train["user_id"].to_numpy(dtype=object),
-        "history": pad_history(histories, history_length),
-        "context_text": train["context_text"].to_numpy(dtype=object),
-        "item_id": train["item_id"].to_numpy(dtype=object),
-        "item_probability": (train["item_id"].map(counts) / len(train)).to_numpy(np.float32),
+        "user_id": Indexed(np.asarray(users, dtype=object), user_codes.astype(np.int32)),
+        "history_rows": history_windows(rows, user_start, history_length),
+        "context_text": Indexed(np.asarray(contexts, dtype=object),
+                                context_codes.astype(np.int32)),
+        "item_row": rows,
+        "item_probability": (counts[rows] / max(len(rows), 1)).astype(np.float32),
     }
+
+
+def sample_users(frame: pd.DataFrame, limit: Optional[int], seed: int) -> pd.DataFrame:
+    """The interactions of every user of `frame`, or of a seeded uniform sample of `limit`
+    users (None: all)."""
+    users = np.sort(frame["user_id"].unique())
+    if limit is None or len(users) <= limit:
+        return frame
+    chosen = np.random.default_rng(seed).choice(users, limit, replace=False)
+    return frame[frame["user_id"].isin(chosen)]
 
 
 def evaluation_queries(split: pd.DataFrame, train: pd.DataFrame, catalogue_ids: np.ndarray,
@@ -67,20 +121,28 @@ def evaluation_queries(split: pd.DataFrame, train: pd.DataFrame, catalogue_ids: 
     """Per user of `split`: history = their last training items, context = the context of
     their first test interaction; targets = their test items. With known_users False (the
     cold-user split) the query carries no user id and no history: context text only."""
-    row_of = {item: row for row, item in enumerate(catalogue_ids)}
-    train_items = train.sort_values("timestamp", kind="stable").groupby("user_id")["item_id"]
-    train_items = {user: items.tolist() for user, items in train_items}
     split = split.sort_values(["user_id", "timestamp"], kind="stable")
-    users, histories, contexts, targets, exclude = [], [], [], [], []
-    for user, rows in split.groupby("user_id", sort=True):
-        seen = train_items.get(user, []) if known_users else []
-        users.append(user if known_users else NO_USER)
-        histories.append(seen)
-        contexts.append(rows["context_text"].iloc[0])
-        targets.append(np.unique([row_of[i] for i in rows["item_id"]]))
-        exclude.append(np.unique([row_of[i] for i in seen]).astype(np.int64))
-    return Queries(np.array(users, dtype=object), pad_history(histories, history_length),
-                   np.array(contexts, dtype=object), targets, exclude)
+    split_rows = catalogue_rows(catalogue_ids, split["item_id"].to_numpy())
+    users, starts = np.unique(split["user_id"].to_numpy(dtype=object), return_index=True)
+    contexts = split["context_text"].to_numpy(dtype=object)[starts]
+    targets = [np.unique(part) for part in np.split(split_rows, starts[1:])]
+    if known_users:
+        # Only the split's users' training interactions: a sample of users costs its own.
+        seen = train[train["user_id"].isin(users)].sort_values(["user_id", "timestamp"],
+                                                                kind="stable")
+        seen_users = seen["user_id"].to_numpy(dtype=object)
+        seen_ids = seen["item_id"].to_numpy(dtype=object)
+        begin = np.searchsorted(seen_users, users, side="left")
+        end = np.searchsorted(seen_users, users, side="right")
+        histories = [list(seen_ids[b:e]) for b, e in zip(begin, end)]
+        seen_rows = catalogue_rows(catalogue_ids, seen_ids)
+        exclude = [np.unique(seen_rows[b:e]) for b, e in zip(begin, end)]
+    else:
+        users = np.full(len(users), NO_USER, dtype=object)
+        histories = [[] for _ in range(len(users))]
+        exclude = [np.zeros(0, np.int64) for _ in range(len(users))]
+    return Queries(np.asarray(users, dtype=object), pad_history(histories, history_length),
+                   np.asarray(contexts, dtype=object), targets, exclude)
 
 
 def catalogue_features(dataset: Dataset) -> Dict[str, np.ndarray]:
@@ -116,39 +178,62 @@ class TextInputs:
         return self.encoder.encode(texts)
 
 
-def _indexed(texts: np.ndarray):
-    unique, index = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
-    return unique, index.astype(np.int32)
+def _distinct(values: np.ndarray) -> Indexed:
+    """Strings -> each distinct value once, and the row of each (no fixed-width copy)."""
+    index, distinct = pd.factorize(pd.Series(np.asarray(values, dtype=object)), sort=False)
+    return Indexed(np.asarray(distinct, dtype=object), index.astype(np.int32))
 
 
-def tf_dataset(features: Dict[str, np.ndarray], text_inputs: TextInputs, batch_size: int,
+def utf8(values) -> np.ndarray:
+    """Strings (any shape) -> a bytes array, UTF-8, as string tensors want them."""
+    values = np.asarray(values, dtype=object)
+    return np.array([str(v).encode("utf-8") for v in values.ravel()],
+                    dtype=object).reshape(values.shape)
+
+
+def tf_dataset(features: Dict[str, object], text_inputs: TextInputs, batch_size: int,
                preprocess: Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]],
                shuffle_seed: int = None, drop_remainder: bool = False) -> tf.data.Dataset:
-    """Examples -> batched tf.data of what a model reads: text is looked up per batch from
-    per-text tables, then `preprocess` (a tower's or the model's) turns the remaining
-    strings into numbers, here on the host: no string reaches the model."""
-    tensors, tables = {}, {}
-    for name, values in features.items():
-        if name in TEXT_INPUTS:
-            unique, index = _indexed(values)
-            tables[name] = text_inputs.table(unique)
-            tensors[name + "_index"] = index
-        elif np.asarray(values).dtype == object:
-            tensors[name] = np.asarray(values).astype(str)
-        else:
-            tensors[name] = values
-    tables = {k: tf.nest.map_structure(tf.constant, v) for k, v in tables.items()}
+    """Examples -> batched tf.data of what a model reads.
 
-    def model_inputs(batch):
+    `features`: name -> an array [n, ...] or an `Indexed` column (string arrays become
+    Indexed here). Every per-example array and every table sits in a host variable once;
+    a batch is a gather of example ids from them: text columns from their per-text tables
+    (embeddings, or token ids), then `preprocess` (a tower's or the model's) turns the
+    remaining strings into numbers, on the host: no string reaches the model. Shuffling
+    permutes the example ids (a new permutation each epoch), so memory stays that of the
+    arrays themselves, whatever the number of examples."""
+    columns, tables = {}, {}
+    for name, values in features.items():
+        if not isinstance(values, Indexed):
+            if np.asarray(values).dtype != object:
+                columns[name] = np.asarray(values)
+                continue
+            values = _distinct(values)
+        table = values.values
+        if name in TEXT_INPUTS:
+            table = text_inputs.table(table)
+        elif np.asarray(table).dtype == object:
+            table = utf8(table)
+        tables[name] = tf.nest.map_structure(host_variable, table)
+        columns[name + "_index"] = values.index
+    size = len(next(iter(columns.values())))
+    columns = {name: host_variable(values) for name, values in columns.items()}
+
+    def model_inputs(ids):
+        batch = {name: tf.gather(values, ids) for name, values in columns.items()}
         for name, table in tables.items():
             index = batch.pop(name + "_index")
-            batch[TEXT_INPUTS[name]] = tf.nest.map_structure(
+            batch[TEXT_INPUTS.get(name, name)] = tf.nest.map_structure(
                 lambda t: tf.gather(t, index), table)
         return preprocess(batch)
 
-    ds = tf.data.Dataset.from_tensor_slices(tensors)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(next(iter(features.values()))), seed=shuffle_seed,
-                        reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).map(
+    if shuffle_seed is None:
+        ids = tf.data.Dataset.range(size)
+    else:
+        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
+        ids = seeds.take(1).flat_map(lambda seed: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(
+                tf.range(size, dtype=tf.int64), seed=tf.stack([seed, 0]))))
+    return ids.batch(batch_size, drop_remainder=drop_remainder).map(
         model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

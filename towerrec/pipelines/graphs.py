@@ -14,8 +14,10 @@ import numpy as np
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
+from towerrec.pipelines.features import utf8
+from towerrec.towers.features import NO_ROW, host_variable
 from towerrec.towers.ranking import rerank_order
-from towerrec.towers.ranking_features import NO_ROW, RankingFeatures
+from towerrec.towers.ranking_features import RankingFeatures
 
 _YEAR = r"\s*\(\d{4}\)$"
 
@@ -53,9 +55,18 @@ def title_keys(title: str) -> List[str]:
     return keys
 
 
-def _table(keys: Sequence[str], values: Sequence[int]):
-    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(list(keys), tf.string), tf.constant(list(values), tf.int64)), NO_ROW)
+def _row_table(path: Path) -> tf.lookup.StaticHashTable:
+    """A file of "key<TAB>row" lines -> a key -> row table. Initialized from the file, which
+    the SavedModel carries as an asset: a graph constant would put a catalogue in
+    saved_model.pb (protobuf caps it at 2 GB)."""
+    return tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+        str(path), tf.string, 0, tf.int64, 1, delimiter="\t"), NO_ROW)
+
+
+def _write_rows(keys: Sequence[str], rows: Sequence[int], path: Path) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{key}\t{row}\n" for key, row in zip(keys, rows))
+    return path
 
 
 class TextEncoding(tf.Module):
@@ -73,20 +84,22 @@ class TextEncoding(tf.Module):
 
 
 class Catalogue(tf.Module):
-    """Item ids, titles and their catalogue rows."""
+    """Item ids, titles and their catalogue rows (`table_dir`: where the lookup tables'
+    files are written; the SavedModel copies them into its assets)."""
 
-    def __init__(self, item_ids, titles):
+    def __init__(self, item_ids, titles, table_dir: Path):
         super().__init__()
-        ids = np.asarray(item_ids, dtype=str).astype(object)
-        self.item_ids = tf.Variable(ids, trainable=False, dtype=tf.string)
-        self.titles = tf.Variable(np.asarray(titles, dtype=str).astype(object),
-                                  trainable=False, dtype=tf.string)
-        self.rows = _table(ids, range(len(ids)))
+        ids = [str(i) for i in item_ids]
+        self.item_ids = host_variable(utf8(ids), tf.string)
+        self.titles = host_variable(utf8(titles), tf.string)
+        self.rows = _row_table(_write_rows(ids, range(len(ids)),
+                                           Path(table_dir) / "catalogue_rows.tsv"))
         by_title = {}
         for row, title in enumerate(titles):
             for key in title_keys(str(title)):
                 by_title.setdefault(key, row)  # the first item of a repeated title
-        self.title_rows = _table(by_title.keys(), by_title.values())
+        self.title_rows = _row_table(_write_rows(by_title.keys(), by_title.values(),
+                                                 Path(table_dir) / "title_rows.tsv"))
 
     def resolve(self, history):
         """Item ids or titles [n, h] -> catalogue rows [n, h] (NO_ROW: "" or unknown)."""
@@ -110,6 +123,9 @@ class QueryModel(tf.Module):
                  history_length: int):
         super().__init__()
         self.query_tower = query_tower
+        # Tracked here, not by the tower: its catalogue-sized tables are saved with the
+        # export (as variables), not with the tower's weights.
+        self.query_features = query_tower.preprocess
         self.text = text
         self.catalogue = catalogue
         self.history_length = history_length
@@ -125,9 +141,9 @@ class QueryModel(tf.Module):
         return tf.pad(rows, [[0, 0], [missing, 0]], constant_values=NO_ROW)
 
     def embed(self, request):
-        features = self.query_tower.preprocess({
+        features = self.query_features({
             "user_id": request["user_id"],
-            "history": self.catalogue.ids(self.history_rows(request)),
+            "history_rows": self.history_rows(request),
             "context": self.text(request["context_text"])})
         return self.query_tower(features, training=False)
 
@@ -161,7 +177,7 @@ class BruteForceRetrieval(tf.Module):
     def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int):
         super().__init__()
         self.query = query
-        self.candidate_embeddings = tf.Variable(embeddings, trainable=False)
+        self.candidate_embeddings = host_variable(embeddings)
         self.k = min(k, len(embeddings))
 
     def top_k(self, request):
@@ -196,17 +212,21 @@ class ScannRetrieval(tf.Module):
         self.scann_state = scann_builder(
             embeddings, settings, tensorflow_ops=True).build().serialize_to_module()
 
-    def retrieve(self, request):
+    def top_k(self, request):
+        """(query embeddings [n, d], catalogue rows [n, k], scores [n, k])."""
         from scann.scann_ops.py import scann_ops
 
+        query = self.query.embed(request)
         searcher = scann_ops.searcher_from_module(self.scann_state)
-        rows, scores = searcher.search_batched(self.query.embed(request),
-                                               final_num_neighbors=self.searched)
+        rows, scores = searcher.search_batched(query, final_num_neighbors=self.searched)
         rows = tf.cast(rows, tf.int64)
         scores = without_history(scores, self.query.history_rows(request), rows)
         top = tf.math.top_k(scores, k=self.k)
-        rows = tf.gather(rows, top.indices, batch_dims=1)
-        return {"item_ids": self.query.catalogue.ids(rows), "scores": top.values}
+        return query, tf.gather(rows, top.indices, batch_dims=1), top.values
+
+    def retrieve(self, request):
+        _, rows, scores = self.top_k(request)
+        return {"item_ids": self.query.catalogue.ids(rows), "scores": scores}
 
 
 class Ranking(tf.Module):
@@ -235,17 +255,19 @@ class Ranking(tf.Module):
 
 
 class Recommender(tf.Module):
-    """One request -> the final top-n: brute-force retrieval of k, reranked, new items in
-    the slots retrieval gave them. Outputs item_ids, titles, scores (the ranker's) and
-    is_new (the item had no interactions, so it holds retrieval's slot) [n, top]."""
+    """One request -> the final top-n: retrieval of k (brute force, or `retrieval`: a
+    ScannRetrieval for big catalogues), reranked, new items in the slots retrieval gave
+    them. Outputs item_ids, titles, scores (the ranker's) and is_new (the item had no
+    interactions, so it holds retrieval's slot) [n, top]."""
 
-    def __init__(self, ranking: Ranking, top: int):
+    def __init__(self, ranking: Ranking, top: int, retrieval=None):
         super().__init__()
         self.ranking = ranking
-        self.top = min(top, ranking.retrieval.k)
+        self.retrieval = retrieval or ranking.retrieval
+        self.top = min(top, self.retrieval.k)
 
     def recommend(self, request):
-        query, rows, _ = self.ranking.retrieval.top_k(request)
+        query, rows, _ = self.retrieval.top_k(request)
         scores = self.ranking.score(request, query, rows)
         is_new = self.ranking.features.is_new(rows)
         order = rerank_order(scores, is_new)[:, :self.top]

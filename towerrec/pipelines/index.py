@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from towerrec.pipelines.topk import DotScores, top_k_scores
+
 BRUTE_FORCE_BELOW = 20_000
 INDEX_DIR = "index"
 
@@ -55,19 +57,9 @@ def scann_builder(embeddings: np.ndarray, settings: dict, tensorflow_ops: bool =
             .reorder(settings["reorder"]))
 
 
-def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int,
-                batch_size: int = 256):
+def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int):
     """Exact maximum inner product search: (row indices, scores), each [queries, k]."""
-    rows = np.empty([len(queries), k], np.int64)
-    top = np.empty([len(queries), k], np.float32)
-    for start in range(0, len(queries), batch_size):
-        scores = queries[start:start + batch_size] @ embeddings.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-part_scores, axis=1)
-        rows[start:start + batch_size] = np.take_along_axis(part, order, axis=1)
-        top[start:start + batch_size] = np.take_along_axis(part_scores, order, axis=1)
-    return rows, top
+    return top_k_scores(DotScores(queries, embeddings), k)
 
 
 def recall_against_exact(approximate: np.ndarray, exact: np.ndarray) -> float:

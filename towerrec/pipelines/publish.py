@@ -29,7 +29,9 @@ from towerrec.pipelines.data import DataError
 
 # Every model export writes, in order (the last two need a trained ranker).
 MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_scann",
-          "ranker", "recommender")
+          "ranker", "recommender", "recommender_scann")
+# Those that need a trained ranker (`towerrec train-ranker`).
+RANKED_MODELS = ("ranker", "recommender", "recommender_scann")
 # Which run folder an export version came from (retrain warm-starts from the served one).
 PROVENANCE = "assets.extra/towerrec_run.json"
 MODEL_WEIGHTS = "model/weights.index"  # in a run folder: its two towers were trained

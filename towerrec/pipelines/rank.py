@@ -20,7 +20,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,9 +30,11 @@ import tensorflow as tf
 
 from towerrec.pipelines.config import Config
 from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, ranking_metrics,
-                                split_queries, top_k)
-from towerrec.pipelines.features import Queries, evaluation_queries
+                                split_queries, split_size, target_hits)
+from towerrec.pipelines.features import (Queries, catalogue_rows, evaluation_queries,
+                                         sample_users)
 from towerrec.pipelines.splits import hold_out_last, save_splits
+from towerrec.pipelines.topk import DotScores, top_k_scores
 from towerrec.pipelines.train import Run, load_run, train
 from towerrec.towers.features import MULTI_VALUE_SEPARATOR
 from towerrec.towers.ranking import Ranker, rerank_order
@@ -41,6 +43,9 @@ from towerrec.towers.ranking_features import NO_ROW, ItemTables, RankingFeatures
 RANKER_DIR = "ranker"
 # "Recent" popularity: interactions in the latest 10% of the data's time span.
 RECENT_FRACTION = 0.1
+# Item-item co-occurrence is computed for a chunk of items at a time, sized so that the
+# chunk's (user, item, item) products are at most this many.
+COOCCURRENCE_BUDGET = 1 << 23
 
 
 @dataclasses.dataclass
@@ -74,66 +79,110 @@ def item_attributes(run: Run) -> np.ndarray:
 
 
 def cooccurrence_neighbours(rows: np.ndarray, users: np.ndarray, num_items: int,
-                            neighbours: int, chunk: int = 512):
-    """Interactions (catalogue rows, user codes) -> per item, its `neighbours` items most
-    often seen by the same users, by cosine: (rows [items, m] with NO_ROW padding,
-    weights [items, m])."""
+                            neighbours: int, history: Optional[int] = None,
+                            budget: int = COOCCURRENCE_BUDGET):
+    """Interactions (catalogue rows, user codes; in time order) -> per item, its
+    `neighbours` items most often seen by the same users, by cosine, best first and the
+    lower row first among equal weights: (rows [items, m] with NO_ROW padding,
+    weights [items, m]). With `history`, only each user's last `history` interactions
+    count: a user's items give quadratically many pairs."""
     from scipy import sparse
 
+    if history is not None:
+        keep = _last_per_user(users, history)
+        rows, users = rows[keep], users[keep]
     pairs = np.unique(np.stack([users, rows], axis=1), axis=0)
     seen = sparse.csr_matrix((np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])),
                              shape=(int(users.max()) + 1 if len(users) else 0, num_items))
-    counts = np.asarray(seen.sum(axis=0)).ravel()
-    norm = np.sqrt(np.maximum(counts, 1.0))
+    by_item = seen.T.tocsr()
+    norm = np.sqrt(np.maximum(np.diff(by_item.indptr), 1).astype(np.float32))
     m = min(neighbours, max(num_items - 1, 1))
     out_rows = np.full([num_items, m], NO_ROW, np.int64)
     out_weights = np.zeros([num_items, m], np.float32)
-    by_item = seen.T.tocsr()
-    for start in range(0, num_items, chunk):
-        block = (by_item[start:start + chunk] @ seen).toarray()      # [chunk, items]
-        block /= norm[start:start + chunk, None] * norm[None, :]
-        block[np.arange(len(block)), np.arange(start, start + len(block))] = 0.0
-        top = np.argpartition(-block, m - 1, axis=1)[:, :m]
-        weights = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-weights, axis=1)
-        top, weights = np.take_along_axis(top, order, 1), np.take_along_axis(weights, order, 1)
-        out_rows[start:start + len(block)] = np.where(weights > 0, top, NO_ROW)
-        out_weights[start:start + len(block)] = np.where(weights > 0, weights, 0.0)
+    work = by_item @ np.diff(seen.indptr).astype(np.float64)  # products per item row
+    for start, stop in _chunks(work, budget):
+        item, other, weight = _cosines(by_item[start:stop] @ seen, norm, start)
+        order = np.lexsort((other, -weight, item))
+        item, other, weight = item[order], other[order], weight[order]
+        per_item = np.bincount(item - start, minlength=stop - start)
+        rank = np.arange(len(item)) - np.repeat(np.cumsum(per_item) - per_item, per_item)
+        kept = rank < m
+        out_rows[item[kept], rank[kept]] = other[kept]
+        out_weights[item[kept], rank[kept]] = weight[kept]
     return out_rows, out_weights
 
 
+def _last_per_user(users: np.ndarray, history: int) -> np.ndarray:
+    """bool [n]: is interaction i among its user's last `history` (in the given order)."""
+    order = np.argsort(users, kind="stable")
+    counts = np.bincount(users)
+    position = np.empty(len(users), np.int64)
+    position[order] = np.arange(len(users)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return position >= counts[users] - history
+
+
+def _chunks(work: np.ndarray, budget: float):
+    """(start, stop) of consecutive items whose summed `work` is at most `budget` (at
+    least one item each)."""
+    total = np.concatenate([[0.0], np.cumsum(work)])
+    start = 0
+    while start < len(work):
+        stop = int(np.searchsorted(total, total[start] + budget, side="right")) - 1
+        stop = max(stop, start + 1)
+        yield start, stop
+        start = stop
+
+
+def _cosines(counts, norm: np.ndarray, start: int):
+    """A sparse [chunk, items] block of co-occurrence counts (chunk rows from `start`) ->
+    (item, other item, cosine float32) of its nonzeros, an item with itself left out."""
+    counts = counts.tocoo()
+    item, other = counts.row.astype(np.int64) + start, counts.col.astype(np.int64)
+    apart = item != other
+    item, other = item[apart], other[apart]
+    weight = counts.data[apart] / (norm[item] * norm[other])  # float32 throughout
+    return item, other, weight
+
+
 def item_tables(run: Run, interactions: pd.DataFrame) -> ItemTables:
-    """The ranker's item tables from `interactions` (items without any are new items)."""
+    """The ranker's item tables from `interactions` (items without any are new items).
+    The text table is left to `ranking_features`, which shares the query tower's."""
     item_ids = run.catalogue["item_id"]
-    row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    rows = row_of.loc[interactions["item_id"]].to_numpy()
+    interactions = interactions.sort_values("timestamp", kind="stable")
+    rows = catalogue_rows(item_ids, interactions["item_id"].to_numpy())
     counts = np.bincount(rows, minlength=len(item_ids)).astype(np.float32)
     times = interactions["timestamp"].to_numpy()
     cut = times.max() - RECENT_FRACTION * (times.max() - times.min()) if len(times) else 0
     recent = np.bincount(rows[times >= cut], minlength=len(item_ids)).astype(np.float32)
     users = pd.factorize(interactions["user_id"])[0]
-    neighbours, weights = cooccurrence_neighbours(rows, users, len(item_ids),
-                                                  run.config.ranker.neighbours)
-    return ItemTables(attributes=item_attributes(run),
-                      text=run.text_inputs.embed(run.catalogue["item_text"]),
+    neighbours, weights = cooccurrence_neighbours(
+        rows, users, len(item_ids), run.config.ranker.neighbours,
+        history=run.config.ranker.cooccurrence_history)
+    return ItemTables(attributes=item_attributes(run), text=None,
                       popularity=np.log1p(counts), recent_popularity=np.log1p(recent),
                       neighbours=neighbours, neighbour_weights=weights)
 
 
+def ranking_features(run: Run, interactions: pd.DataFrame) -> RankingFeatures:
+    """The ranker's features over `interactions`' item tables and the text table of the
+    run's query tower (one copy of it in memory and in every export)."""
+    return RankingFeatures(item_tables(run, interactions),
+                           text=run.model.query_tower.preprocess.catalogue_text)
+
+
 def history_rows(run: Run, history: np.ndarray) -> np.ndarray:
     """Item ids [n, h] ("" padded) -> catalogue rows [n, h] (NO_ROW for "" or unknown)."""
-    row_of = {item: r for r, item in enumerate(run.catalogue["item_id"])}
-    return np.vectorize(lambda i: row_of.get(i, NO_ROW), otypes=[np.int64])(history)
+    return catalogue_rows(run.catalogue["item_id"], history)
 
 
 def candidate_lists(run: Run, queries: Queries, k: int = None) -> CandidateLists:
     """Retrieval's top-k per query (training items excluded), labelled by the targets."""
     k = k or run.config.ranker.retrieved
-    scores = query_embeddings(run, queries) @ candidate_embeddings(run).T
-    rows = top_k(scores, queries.exclude, k)
-    labels = np.stack([np.isin(r, t) for r, t in zip(rows, queries.targets)])
-    return CandidateLists(rows, np.take_along_axis(scores, rows, axis=1),
-                          history_rows(run, queries.history), labels.astype(np.float32))
+    rows, scores = top_k_scores(
+        DotScores(query_embeddings(run, queries), candidate_embeddings(run)), k,
+        queries.exclude)
+    return CandidateLists(rows, scores, history_rows(run, queries.history),
+                          target_hits(rows, queries.targets).astype(np.float32))
 
 
 def list_features(features: RankingFeatures, lists: CandidateLists,
@@ -198,11 +247,11 @@ def train_ranker(config: Config, verbose: int = 2) -> Dict:
     early, held = _early_retrieval(config, run)
     earlier = early.splits["train"]
     history_length = config.towers.history_length
-    queries = [evaluation_queries(held["later"], earlier, early.catalogue["item_id"],
-                                  history_length, known_users=True),
-               evaluation_queries(held["new_users"], earlier, early.catalogue["item_id"],
-                                  history_length, known_users=False)]
-    features = RankingFeatures(item_tables(early, earlier))
+    queries = [evaluation_queries(
+        sample_users(held[name], config.ranker.list_users, config.split.seed + 3), earlier,
+        early.catalogue["item_id"], history_length, known_users=known)
+        for name, known in (("later", True), ("new_users", False))]
+    features = ranking_features(early, earlier)
     lists = [candidate_lists(early, q) for q in queries]
     x = np.concatenate([list_features(features, part) for part in lists])
     labels = np.concatenate([part.labels for part in lists])
@@ -250,7 +299,7 @@ def load_ranker(run: Run) -> Ranker:
 
 def serving_features(run: Run) -> RankingFeatures:
     """The feature tables the ranker is served with: all training interactions."""
-    return RankingFeatures(item_tables(run, run.splits["train"]))
+    return ranking_features(run, run.splits["train"])
 
 
 def evaluate_two_stages(run: Run, ranker: Ranker) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -266,6 +315,6 @@ def evaluate_two_stages(run: Run, ranker: Ranker) -> Dict[str, Dict[str, Dict[st
         for name, rows in (("retrieval", lists.rows),
                            ("retrieval+rerank", rerank(ranker, features, lists))):
             metrics = ranking_metrics(rows, queries.targets, ks=run.config.evaluation.ks)
-            metrics["users"] = len(queries)
+            metrics["users_total"] = split_size(run, split)
             results[name][split] = metrics
     return results

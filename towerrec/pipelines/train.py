@@ -16,11 +16,16 @@ import tensorflow as tf
 from towerrec.pipelines.config import Config, ConfigError, to_dict
 from towerrec.pipelines.data import Dataset, load_dataset
 from towerrec.pipelines.distribute import choose_strategy, describe, loss_scaled, use_xla
-from towerrec.pipelines.features import (TextInputs, catalogue_features, tf_dataset,
-                                training_examples)
+from towerrec.pipelines.features import (Indexed, TextInputs, catalogue_features, tf_dataset,
+                                         training_examples)
 from towerrec.pipelines.splits import get_splits
+from towerrec.pipelines.stages import stage
 from towerrec.towers.retrieval import TwoTowerModel, Vocabularies, build_two_tower
 from towerrec.towers.text_encoder import export_text_encoder
+
+# The run folder's id vocabularies, one file per lookup (read by the lookups, and carried
+# by the exports as assets).
+VOCABULARY_DIR = "vocabulary"
 
 
 @dataclasses.dataclass
@@ -62,8 +67,10 @@ def prepare(config: Config, encoder_dir: Optional[Path] = None,
     catalogue has grown since; the history text table always covers today's catalogue.
     """
     tf.keras.utils.set_random_seed(config.training.seed)
-    dataset = load_dataset(config)
-    splits = get_splits(dataset, config)
+    with stage("load data and splits") as record:
+        dataset = load_dataset(config)
+        splits = get_splits(dataset, config)
+        record.update(interactions=len(dataset.interactions), items=len(dataset.items))
     encoder_dir = Path(encoder_dir or config.run_path / "encoder")
     export_text_encoder(encoder_dir, config.encoder.preset, config.encoder.sequence_length)
     text_inputs = TextInputs(encoder_dir, config.encoder.fine_tune, config.encoder.batch_size)
@@ -73,22 +80,23 @@ def prepare(config: Config, encoder_dir: Optional[Path] = None,
         vocabularies = dataclasses.replace(
             vocabularies, catalogue_ids=dataset.items["item_id"].tolist())
     catalogue = catalogue_features(dataset)
-    catalogue_text = text_inputs.embed(catalogue["item_text"])
+    with stage("encode catalogue", texts=len(catalogue["item_text"])):
+        catalogue_text = text_inputs.embed(catalogue["item_text"])
     model = build_two_tower(
         vocabularies, catalogue_text, config.towers, config.training,
         encoder_path=str(encoder_dir / "encoder") if config.encoder.fine_tune else None,
-        strategy=strategy)
+        strategy=strategy, vocabulary_dir=config.run_path / VOCABULARY_DIR)
     return Run(config, dataset, splits, text_inputs, vocabularies, catalogue, model)
 
 
-def training_features(run: Run) -> Dict[str, np.ndarray]:
-    """Training examples joined with the candidate features of their items."""
-    examples = training_examples(run.splits["train"], run.config.towers.history_length)
-    row_of = {item: row for row, item in enumerate(run.catalogue["item_id"])}
-    rows = np.array([row_of[i] for i in examples["item_id"]])
+def training_features(run: Run) -> Dict[str, object]:
+    """Training examples joined with the candidate features of their items (each item's
+    features held once, indexed by the examples' catalogue rows)."""
+    examples = training_examples(run.splits["train"], run.catalogue["item_id"],
+                                 run.config.towers.history_length)
+    rows = examples.pop("item_row")
     for name, values in run.catalogue.items():
-        if name != "item_id":
-            examples[name] = values[rows]
+        examples[name] = Indexed(values, rows)
     return examples
 
 
@@ -102,7 +110,8 @@ class _EpochEvaluation(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         from towerrec.pipelines.evaluate import evaluate_split
-        metrics = evaluate_split(self.run, "warm")
+        with stage("evaluate warm after an epoch"):
+            metrics = evaluate_split(self.run, "warm")
         with self.writer.as_default():
             for name in ("recall_at_10", "recall_at_100", "ndcg_at_10"):
                 tf.summary.scalar(f"warm/{name}", metrics[name], step=epoch)
@@ -128,13 +137,16 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     run = prepare(config, encoder_dir, vocabularies=vocabularies, strategy=strategy)
     if warm_start is not None:
         warm_start(run)
-    features = training_features(run)
-    print(f"training on {len(features['item_id'])} interactions, "
+    with stage("build features") as record:
+        features = training_features(run)
+        examples = record["examples"] = len(features["item_id"])
+        data = tf_dataset(features, run.text_inputs, t.batch_size, run.model.preprocess,
+                          shuffle_seed=t.seed, drop_remainder=True)
+        del features
+    print(f"training on {examples} interactions, "
           f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
           f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
           f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
-    data = tf_dataset(features, run.text_inputs, t.batch_size, run.model.preprocess,
-                      shuffle_seed=t.seed, drop_remainder=True)
     with strategy.scope():
         optimizer = loss_scaled(tf.keras.optimizers.Adam(t.learning_rate), t.mixed_precision)
         run.model.compile(optimizer=optimizer, xla=xla)
@@ -149,7 +161,10 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     ]
     if "warm" in run.splits:
         callbacks.insert(0, _EpochEvaluation(run, log_dir))
-    run.model.fit(data, epochs=epochs or t.epochs, callbacks=callbacks, verbose=verbose)
+    epochs = epochs or t.epochs
+    with stage("train", examples=examples // t.batch_size * t.batch_size * epochs,
+               epochs=epochs):
+        run.model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
     save_model(run)
     return run
 

@@ -1,50 +1,68 @@
 """The query tower: who asks (user id, optional), what they did (history), what they say."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
+import pandas as pd
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
-from towerrec.towers.features import (MASK_INDEX, OOV_INDEX, TextVector, drop_to_oov, mlp,
-                             string_lookup, unit_rows)
+from towerrec.towers.features import (MASK_INDEX, OOV_INDEX, TEXT_TABLE_DTYPE, TextVector,
+                                      drop_to_oov, host_variable, mlp, string_lookup,
+                                      unit_rows)
 
 
 class QueryFeatures(tf.keras.layers.Layer):
     """Raw query features -> the query tower's inputs, all numeric.
 
-    The string lookups of the query: they run in the tf.data pipeline and in the serving
-    graph, never in the (XLA-compiled) training step.
+    The lookups of the query: they run in the tf.data pipeline and in the serving graph,
+    never in the (XLA-compiled) training step, and their catalogue-sized tables are host
+    variables that the tower's checkpoint does not hold (they follow today's catalogue).
 
     Inputs (a dict):
       user_id: string [batch]; "" or an unseen id for a new user.
-      history: string [batch, history_length] of item ids, most recent last, "" padded.
+      history_rows: int [batch, history_length], catalogue rows of the history, most recent
+        last, NO_ROW padded (a row beyond the table, from a newer catalogue, is unknown).
       context: the context text's vector [batch, hidden] (or its tokens); passed on.
     Outputs (a dict):
       user_index: int64 [batch]; "" and unseen ids are OOV_INDEX.
       history_index: int64 [batch, history_length], rows of the item id embedding
         (MASK_INDEX: padding, OOV_INDEX: an item without an id embedding).
-      history_text_index: int64 [batch, history_length], rows of the history text table.
+      history_text: float32 [batch, history_length, hidden], the items' text embeddings
+        (zeros for padding).
       context: as given.
     """
 
-    def __init__(self, user_vocabulary: Sequence[str], item_vocabulary: Sequence[str],
-                 catalogue_ids: Sequence[str], **kwargs):
+    def __init__(self, user_vocabulary, item_index_of_row: np.ndarray,
+                 catalogue_text: np.ndarray, **kwargs):
         super().__init__(**kwargs)
         self.user_lookup = string_lookup(user_vocabulary)
-        self.item_lookup = string_lookup(item_vocabulary)
-        self.catalogue_lookup = string_lookup(catalogue_ids)
+        # Row 0 is NO_ROW's: gathered at row + 1.
+        self.item_index_of_row = host_variable(
+            np.concatenate([[MASK_INDEX], np.asarray(item_index_of_row, np.int64)]))
+        self.catalogue_text = host_variable(np.concatenate([
+            np.zeros([1, catalogue_text.shape[1]], catalogue_text.dtype),
+            catalogue_text]).astype(TEXT_TABLE_DTYPE.as_numpy_dtype))
 
     def call(self, features):
         user = self.user_lookup(features["user_id"])
+        rows = tf.cast(features["history_rows"], tf.int64) + 1
+        rows = tf.where((rows > 0) & (rows < tf.shape(self.item_index_of_row, tf.int64)[0]),
+                        rows, 0)
         return {
             # A user id that is "" (no id) is the same as an unknown one.
             "user_index": tf.where(user == MASK_INDEX, tf.cast(OOV_INDEX, user.dtype), user),
-            "history_index": self.item_lookup(features["history"]),
-            "history_text_index": self.catalogue_lookup(features["history"]),
+            "history_index": tf.gather(self.item_index_of_row, rows),
+            "history_text": tf.cast(tf.gather(self.catalogue_text, rows), tf.float32),
             "context": features["context"]}
+
+
+def item_index_of_row(item_vocabulary, catalogue_ids) -> np.ndarray:
+    """Per catalogue row, the item id embedding's row of that item (OOV_INDEX: none)."""
+    index = pd.Index(list(item_vocabulary)).get_indexer(list(catalogue_ids))
+    return np.where(index >= 0, index + 2, OOV_INDEX).astype(np.int64)
 
 
 class QueryTower(tf.keras.Model):
@@ -52,24 +70,23 @@ class QueryTower(tf.keras.Model):
     L2-normalized.
 
     `preprocess` (a QueryFeatures) turns raw features into this tower's inputs; the tower
-    keeps it so that whoever holds the tower (evaluation, exports) applies the same lookups.
-    History items are pooled from the shared item id embedding (items seen in training) and
-    the text embeddings of the whole catalogue (`catalogue_text_table`, one row per
-    catalogue item, so an item that never trained still brings its text).
+    keeps it (untracked: its tables are not weights) so that whoever holds the tower
+    (evaluation, exports) applies the same lookups. History items are pooled from the shared
+    item id embedding (items seen in training) and their text embeddings (every catalogue
+    item has one, so an item that never trained still brings its text).
     """
 
     def __init__(self, preprocess: QueryFeatures, users: int, item_id_embedding,
-                 catalogue_text_table: np.ndarray, embedding_dim: int, hidden_dim: int,
+                 embedding_dim: int, hidden_dim: int,
                  id_embedding_dim: int, user_id_dropout: float, history_dropout: float,
                  dropout: float, context_dropout: float = 0.0, text_encoder=None,
                  head_dtype: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
-        self.preprocess = preprocess
+        # Not tracked: the checkpoint holds weights, and its catalogue-sized tables follow
+        # the catalogue (they are rebuilt from it; the exports track them themselves).
+        object.__setattr__(self, "preprocess", preprocess)
         self.user_embedding = tf.keras.layers.Embedding(users + 2, id_embedding_dim)
         self.item_id_embedding = item_id_embedding
-        padding = np.zeros([2, catalogue_text_table.shape[1]], np.float32)  # "" and unknown
-        self.catalogue_text_table = tf.constant(
-            np.concatenate([padding, catalogue_text_table]), tf.float32)
         self.context = TextVector(text_encoder)
         # A user's context sentences are nearly unique to them: without this noise the
         # tower memorizes users through their context and generalizes worse to new ones.
@@ -89,8 +106,7 @@ class QueryTower(tf.keras.Model):
         count = tf.reduce_sum(present, axis=1, keepdims=True)
         weights = present / tf.maximum(count, 1.0)
         history_ids = tf.einsum("bh,bhd->bd", weights, self.item_id_embedding(history))
-        history_text = tf.einsum("bh,bhd->bd", weights, tf.gather(
-            self.catalogue_text_table, inputs["history_text_index"]))
+        history_text = tf.einsum("bh,bhd->bd", weights, inputs["history_text"])
 
         x = tf.concat([
             self.user_embedding(user), history_ids, history_text,

@@ -6,13 +6,15 @@ One implementation serves training (on numpy lists) and the exported `ranker` an
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
-NO_ROW = -1  # history padding, and an item the catalogue does not know
+from towerrec.towers.features import NO_ROW, TEXT_TABLE_DTYPE, host_variable
+
 NUM_FEATURES = 13
 
 
@@ -21,7 +23,8 @@ class ItemTables:
     """What the ranker knows of every catalogue item, one row per item (catalogue order).
 
     attributes:  [items, a] float, multi-hot categoricals and standardized numerics.
-    text:        [items, t] float, the frozen encoder's L2-normalized text embedding.
+    text:        [items, t] float, the frozen encoder's L2-normalized text embedding, or None
+                 when RankingFeatures is given the query tower's table of the same.
     popularity:  [items] float, log(1 + interactions) in the data the tables come from.
     recent_popularity: [items] float, the same over the latest part of that data.
     neighbours:  [items, m] int, the items most often seen by the same users (NO_ROW pad).
@@ -30,7 +33,7 @@ class ItemTables:
     neighbour: the ranker learns what that means from items masked the same way.
     """
     attributes: np.ndarray
-    text: np.ndarray
+    text: Optional[np.ndarray]
     popularity: np.ndarray
     recent_popularity: np.ndarray
     neighbours: np.ndarray
@@ -51,21 +54,23 @@ class RankingFeatures(tf.Module):
 
     RECENT = 3
 
-    def __init__(self, tables: ItemTables):
+    def __init__(self, tables: ItemTables, text: Optional[tf.Variable] = None):
+        """`text`: the catalogue's text table as the query tower's features hold it
+        ([items + 1, t], row 0 the padding), used instead of a copy of `tables.text`: a
+        served model then holds one copy of the largest table."""
         super().__init__()
 
         def table(values, dtype=tf.float32, pad=0):
             """A leading padding row, so that NO_ROW (-1) + 1 gathers it."""
             values = np.asarray(values)
             padding = np.full((1,) + values.shape[1:], pad, values.dtype)
-            return tf.Variable(np.concatenate([padding, values]), trainable=False,
-                               dtype=dtype)
+            return host_variable(np.concatenate([padding, values]).astype(dtype.as_numpy_dtype))
 
         self.attributes = table(tables.attributes)
-        self.text = table(tables.text)
+        self.text = text if text is not None else table(tables.text, TEXT_TABLE_DTYPE)
         self.popularity = table(tables.popularity)
         self.recent_popularity = table(tables.recent_popularity)
-        self.neighbours = table(tables.neighbours, tf.int64, pad=NO_ROW)
+        self.neighbours = table(tables.neighbours, tf.int32, pad=NO_ROW)
         self.neighbour_weights = table(tables.neighbour_weights)
 
     @staticmethod
@@ -94,15 +99,15 @@ class RankingFeatures(tf.Module):
         attributes = self._gather(self.attributes, candidate_rows)         # [n, k, a]
         history_attributes = tf.einsum("nh,nha->na", mean_weights,
                                        self._gather(self.attributes, history_rows))
-        text = self._gather(self.text, candidate_rows)                      # [n, k, t]
-        history_text = self._gather(self.text, history_rows)                # [n, h, t]
+        text = tf.cast(self._gather(self.text, candidate_rows), tf.float32)  # [n, k, t]
+        history_text = tf.cast(self._gather(self.text, history_rows), tf.float32)  # [n, h, t]
         similarity = tf.einsum("nkt,nht->nkh", text, history_text)
         text_mean = tf.einsum("nkh,nh->nk", similarity, mean_weights)
         text_max = tf.reduce_max(similarity + (present[:, None, :] - 1.0) * 2.0, axis=2)
         text_max = tf.where(count > 0, text_max, 0.0)
 
         # co-occurrence[n, k, h]: weight of candidate k among history item h's neighbours.
-        neighbours = self._gather(self.neighbours, history_rows)            # [n, h, m]
+        neighbours = tf.cast(self._gather(self.neighbours, history_rows), tf.int64)  # [n, h, m]
         weights = self._gather(self.neighbour_weights, history_rows)        # [n, h, m]
         match = tf.cast(candidate_rows[:, :, None, None] == neighbours[:, None, :, :],
                         tf.float32)                                          # [n, k, h, m]

@@ -3,6 +3,7 @@ removal of accidental hits (tfrs.tasks.Retrieval)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -12,7 +13,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from towerrec.towers.candidate import CandidateFeatures, CandidateTower
-from towerrec.towers.query import QueryFeatures, QueryTower
+from towerrec.towers.features import write_vocabulary
+from towerrec.towers.query import QueryFeatures, QueryTower, item_index_of_row
 
 
 @dataclasses.dataclass
@@ -100,19 +102,28 @@ class TwoTowerModel(tfrs.Model):
         return loss, regularization_loss, gradients
 
 
-def build_two_tower(vocabularies: Vocabularies, catalogue_text_table: np.ndarray,
+def build_two_tower(vocabularies: Vocabularies, catalogue_text: np.ndarray,
                     towers_config, training_config, encoder_path: Optional[str] = None,
-                    strategy: Optional[tf.distribute.Strategy] = None) -> TwoTowerModel:
+                    strategy: Optional[tf.distribute.Strategy] = None,
+                    vocabulary_dir: Optional[Path] = None) -> TwoTowerModel:
     """Builds both towers around one shared item id embedding.
 
-    The lookups are built outside `strategy`'s scope, so that their tables stay plain host
-    tables for tf.data and the exports; the weights (and, with `encoder_path`, the encoder
-    to fine-tune, shared by both towers) are created in it.
+    `catalogue_text` [catalogue, hidden]: every catalogue item's text embedding, in the
+    order of `vocabularies.catalogue_ids` (the history's text table). With `vocabulary_dir`,
+    the user and item id vocabularies are written there as files, which exports carry as
+    assets. The lookups are built outside `strategy`'s scope, so that their tables stay
+    plain host tables for tf.data and the exports; the weights (and, with `encoder_path`,
+    the encoder to fine-tune, shared by both towers) are created in it.
     """
     c, t = towers_config, training_config
-    query_features = QueryFeatures(vocabularies.user_ids, vocabularies.item_ids,
-                                   vocabularies.catalogue_ids, name="query_features")
-    candidate_features = CandidateFeatures(vocabularies.item_ids, vocabularies.categorical,
+    users, items = vocabularies.user_ids, vocabularies.item_ids
+    if vocabulary_dir is not None:
+        users = write_vocabulary(users, vocabulary_dir, "user_ids")
+        items = write_vocabulary(items, vocabulary_dir, "item_ids")
+    query_features = QueryFeatures(
+        users, item_index_of_row(vocabularies.item_ids, vocabularies.catalogue_ids),
+        catalogue_text, name="query_features")
+    candidate_features = CandidateFeatures(items, vocabularies.categorical,
                                            vocabularies.numeric, name="candidate_features")
     with (strategy or tf.distribute.get_strategy()).scope():
         text_encoder = None
@@ -123,7 +134,7 @@ def build_two_tower(vocabularies: Vocabularies, catalogue_text_table: np.ndarray
             len(vocabularies.item_ids) + 2, c.id_embedding_dim, name="item_id_embedding")
         query_tower = QueryTower(
             query_features, len(vocabularies.user_ids), item_id_embedding,
-            catalogue_text_table, embedding_dim=c.embedding_dim, hidden_dim=c.hidden_dim,
+            embedding_dim=c.embedding_dim, hidden_dim=c.hidden_dim,
             id_embedding_dim=c.id_embedding_dim, user_id_dropout=c.user_id_dropout,
             history_dropout=c.history_dropout, dropout=c.dropout,
             context_dropout=c.context_dropout, text_encoder=text_encoder,

@@ -9,24 +9,30 @@ as a TF2 reusable SavedModel, the same preprocessor/encoder pairing as TF Hub's 
 
 The towers (tf_keras, for TFRS) load them with ``tensorflow_hub.KerasLayer``; fine-tuning
 through that layer updates the encoder's weights. With a frozen encoder, `TextEncoder`
-encodes each unique text once and caches the result on disk.
+encodes each unique text once and caches the result on disk (see `embedding_cache`).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
+import time
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Iterable, List
 
 import numpy as np
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
+from towerrec.towers.embedding_cache import EmbeddingCache, text_keys
+
 BUNDLED_MINILM = "bundled-minilm"
 TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
+# New texts are flushed to the cache every CHUNK_SIZE texts or FLUSH_SECONDS, whichever
+# comes first: a kill loses at most that much encoding.
+CHUNK_SIZE = 8192
+FLUSH_SECONDS = 30.0
 
 
 class EncoderError(ValueError):
@@ -142,21 +148,28 @@ def tiny_bert(vocabulary: List[str], sequence_length: int = 32, seed: int = 0):
 
 
 class TextEncoder:
-    """Encodes texts with the exported SavedModels; frozen outputs are cached on disk."""
+    """Encodes texts with the exported SavedModels; frozen outputs are cached on disk.
 
-    def __init__(self, directory: Path, batch_size: int = 128):
+    The cache (an `EmbeddingCache` in `<directory>/embedding_cache/`) gets a chunk every
+    `chunk_size` new texts or `flush_seconds`, so a killed encode resumes where it stopped.
+    """
+
+    def __init__(self, directory: Path, batch_size: int = 128, chunk_size: int = CHUNK_SIZE,
+                 flush_seconds: float = FLUSH_SECONDS):
         import tensorflow_text  # noqa: F401  (registers the ops the preprocessor uses)
 
         self.directory = Path(directory)
         self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.flush_seconds = flush_seconds
         self.preprocessor = tf.saved_model.load(str(self.directory / "preprocessor"))
         self.encoder = tf.saved_model.load(str(self.directory / "encoder"))
         self.dim = encoder_info(self.directory)["hidden_dim"]
-        self._cache_path = self.directory / "embedding_cache.npz"
-        self._cache: Dict[str, np.ndarray] = {}
-        if self._cache_path.exists():
-            stored = np.load(self._cache_path, allow_pickle=False)
-            self._cache = dict(zip(stored["keys"].tolist(), stored["values"]))
+        self.cache = EmbeddingCache(self.directory / "embedding_cache", self.dim)
+        old = self.directory / "embedding_cache.npz"  # the format before chunks
+        if old.exists():
+            self.cache.import_npz(old, chunk_size)
+            old.unlink(missing_ok=True)
 
     def _encode_batch(self, texts):
         tokens = self.preprocessor(texts)
@@ -167,32 +180,49 @@ class TextEncoder:
         return self.encoder({k: v[:, :length] for k, v in tokens.items()}, training=False)
 
     def encode(self, texts: Iterable[str], progress: bool = True) -> np.ndarray:
-        """texts -> [len(texts), hidden] float32, each unique text encoded at most once."""
+        """texts [n] -> float32 [n, hidden], in order; each unique text encoded at most once."""
         texts = [str(t) for t in texts]
+        out = np.empty([len(texts), self.dim], np.float32)
+        keys, first, inverse = np.unique(text_keys(texts), return_index=True,
+                                         return_inverse=True)
+        # Unique texts are filled at their first position, then copied to the duplicates.
+        found = self.cache.read(*self.cache.locate(keys), out, at=first)
+        missing = np.flatnonzero(~found)
         # Sorted by length, so that a batch holds texts of similar length.
-        missing = sorted({t for t in texts if _key(t) not in self._cache},
-                         key=lambda t: (len(t), t))
+        missing = sorted(missing, key=lambda u: (len(texts[first[u]]), texts[first[u]]))
         if missing:
-            batches = range(0, len(missing), self.batch_size)
-            if progress:
-                from tqdm import tqdm
-                batches = tqdm(batches, desc=f"encoding {len(missing)} texts", unit="batch")
-            for start in batches:
-                chunk = missing[start:start + self.batch_size]
-                vectors = self._encode_batch(tf.constant(chunk)).numpy()
-                self._cache.update({_key(t): v for t, v in zip(chunk, vectors)})
-            self._save_cache()
-        if not texts:
-            return np.zeros([0, self.dim], np.float32)
-        return np.stack([self._cache[_key(t)] for t in texts]).astype(np.float32)
+            self._encode_missing([texts[first[u]] for u in missing], keys[missing],
+                                 out, first[missing], progress, cached=len(keys) - len(missing))
+        duplicates = np.flatnonzero(first[inverse] != np.arange(len(texts)))
+        out[duplicates] = out[first[inverse[duplicates]]]
+        return out
 
-    def _save_cache(self):
-        keys = np.array(list(self._cache.keys()))
-        values = np.stack(list(self._cache.values()))
-        tmp = self._cache_path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=keys, values=values)
-        tmp.replace(self._cache_path)
+    def _encode_missing(self, texts: List[str], keys: np.ndarray, out: np.ndarray,
+                        at: np.ndarray, progress: bool, cached: int):
+        """Encodes texts [m] into out[at] and the cache, a chunk at a time."""
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(texts), unit="text", desc=f"encoding ({cached} cached)")
+        done = encoded = 0  # texts [:done] are in the cache, [:encoded] in `out`
+        last_flush = time.monotonic()
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                stop = min(start + self.batch_size, len(texts))
+                out[at[start:stop]] = self._encode_batch(tf.constant(texts[start:stop])).numpy()
+                encoded = stop
+                if bar is not None:
+                    bar.update(stop - start)
+                if (stop - done >= self.chunk_size or stop == len(texts)
+                        or time.monotonic() - last_flush >= self.flush_seconds):
+                    self.cache.put(keys[done:stop], out[at[done:stop]])
+                    done, last_flush = stop, time.monotonic()
+        except KeyboardInterrupt:
+            # Ctrl-C (unlike a kill) leaves time to keep what was encoded.
+            self.cache.put(keys[done:encoded], out[at[done:encoded]])
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
 
 
-def _key(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
