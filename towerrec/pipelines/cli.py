@@ -346,9 +346,20 @@ def _log_pipeline_steps() -> None:
     """The library's step reports (stage times, peak memory) on stderr, one plain line each."""
     import logging
 
+    class Stderr(logging.StreamHandler):
+        """Writes to sys.stderr as it is when a line is logged (tests swap it)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value):
+            pass
+
     logger = logging.getLogger("towerrec.pipelines")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -61,19 +61,23 @@ def stage(name: str, interval: float = 0.05, **counts: int) -> Iterator[Dict]:
     started = time.perf_counter()
     try:
         yield record
+    except BaseException:
+        record["failed"] = True
+        raise
     finally:
         record["seconds"] = round(time.perf_counter() - started, 3)
         record["peak_rss_bytes"] = sampler.stop()
         record["max_rss_bytes_process"] = resource.getrusage(
             resource.RUSAGE_SELF).ru_maxrss * 1024
-        log.info(describe(record))
+        if not record.get("failed"):
+            log.info(describe(record))
         _append(record)
 
 
 def describe(record: Dict) -> str:
     parts = [f"{record['seconds']:.1f} s"]
     for key, value in record.items():
-        if key in ("name", "seconds", "peak_rss_bytes", "max_rss_bytes_process"):
+        if key in ("name", "seconds", "peak_rss_bytes", "max_rss_bytes_process", "failed"):
             continue
         rate = (f" ({value / record['seconds']:,.0f}/s)"
                 if key in RATES and record["seconds"] > 0 else "")
