@@ -20,11 +20,22 @@ os.wait4, an upper bound). Between the two largest sizes run it gives each stage
 exponent against its input (log t2/t1 / log n2/n1), and it checks the scale issue's
 thresholds, one PASS/FAIL line each.
 
+The stage records it reads, by name: "load data and splits", "encode catalogue" (texts),
+"build features" (examples), "train" (examples, epochs; less the "evaluate warm after an
+epoch" records, per epoch), and where a command writes them "generate", "evaluate", "index"
+or "build index", "train ranker", "export" or "export models".
+
 Writes OUT/scale.json (everything), OUT/scale.md (the tables and verdicts) and OUT/scale.png
-(log-log: time and peak RSS against interactions, one line per stage). Command output goes
-to WORK/<size>/logs/. With --skip-existing a size's finished steps (same config) are reused,
-so that a rerun after a crash does not redo hours of work. Sizes XS, S and M evaluate every
-held-out user; larger ones a seeded sample of --eval-users users per split.
+(log-log: time and peak RSS against interactions, one line per stage), after every size.
+Command output goes to WORK/<size>/logs/; a failed command is reported (command, exit code,
+the end of its stderr) and the steps that need it are skipped, the next size still runs.
+Each size's run config is WORK/<size>/config.yaml: configs/synthetic-<size>.yaml where there
+is one, pointed into WORK, with --epochs, the evaluation sample and --ranker-epochs. Sizes
+XS, S and M evaluate every held-out user; larger ones a seeded sample of --eval-users users
+per split. With --skip-existing a size's finished steps (same config) are reused, so that a
+rerun after a crash does not redo hours of work; a rerun `train` then keeps the encoder's
+embedding cache (its encode stage may be partly cached, the table says so), without it the
+run folder starts empty.
 """
 from __future__ import annotations
 
@@ -83,7 +94,8 @@ STEPS = {
 }
 
 # The table's stages: (label, step, stage record names, input of its growth exponent,
-# input of its rate). Names None: the step's process (less its setup stages).
+# input of its rate). A step without a record of those names: its process (less its setup
+# stages); "serve load" is measured by the serve step itself.
 STAGES = (
     ("generate", "generate", ("generate",), "interactions", "interactions"),
     ("load data", "train", ("load data and splits",), "interactions", "interactions"),
@@ -132,9 +144,9 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def last_record(records: Sequence[dict], names: Iterable[str]) -> Optional[dict]:
-    """The last stage record named one of `names`."""
+    """The last stage record named one of `names` that did not fail."""
     names = tuple(names)
-    found = [r for r in records if r.get("name") in names]
+    found = [r for r in records if r.get("name") in names and not r.get("failed")]
     return found[-1] if found else None
 
 
@@ -226,7 +238,9 @@ def exponents(rows_by_size: Dict[str, List[dict]]) -> List[dict]:
         if len(points) < 2:
             continue
         (small, a), (large, b) = points[-2], points[-1]
+        cached = any("cache" in r["measured"] for r in (a, b))
         result.append({"stage": label, "input": a["input"], "from": small, "to": large,
+                       "cached": cached,
                        "n_from": a["input_count"], "n_to": b["input_count"],
                        "seconds_from": a["seconds"], "seconds_to": b["seconds"],
                        "exponent": growth_exponent(a["input_count"], a["seconds"],
@@ -269,7 +283,7 @@ def judge(results: dict) -> List[dict]:
     if peaks:
         worst, where = max(peaks)
         stage_peaks = [p for p, s in peaks if not s.startswith("process ")]
-        ok = max(stage_peaks, default=0) <= MAX_RSS_GB * GB
+        ok = max(stage_peaks) <= MAX_RSS_GB * GB if stage_peaks else None
         out.append(verdict(ok, f"peak RSS <= {MAX_RSS_GB:g} GB in every stage at {large}: "
                            f"largest stage peak {max(stage_peaks, default=0) / GB:.2f} GB; "
                            f"largest process peak {worst / GB:.2f} GB ({where})"))
@@ -278,10 +292,12 @@ def judge(results: dict) -> List[dict]:
     for e in results.get("exponents", []):
         if e["exponent"] is None:
             continue
-        out.append(verdict(e["exponent"] <= MAX_EXPONENT,
+        out.append(verdict(None if e.get("cached") else e["exponent"] <= MAX_EXPONENT,
                            f"{e['stage']} grows with {INPUT_NAMES[e['input']]} as n^"
                            f"{e['exponent']:.2f} between {e['from']} and {e['to']} "
-                           f"(<= {MAX_EXPONENT})"))
+                           f"(<= {MAX_EXPONENT})" + (
+                               "; not judged: an earlier run's encoder cache was kept"
+                               if e.get("cached") else "")))
     out += latency_verdicts(sizes, small, large)
     out.append(scann_verdict(sizes[large], large))
     return out
@@ -300,8 +316,9 @@ def evaluation_verdicts(sizes: Dict[str, dict]) -> List[dict]:
         sample = ((sizes[name].get("config") or {}).get("evaluation") or {}).get("max_users")
         if name in FULL_EVALUATION:
             # "users" counts those with a held-out item to find; no sample: all of them.
-            out.append(verdict(sample is None, f"{name} evaluates every held-out user (no "
-                               f"sample: {sample is None}): " + "; ".join(parts)))
+            out.append(verdict(sample is None, f"{name} evaluates every held-out user "
+                               f"(evaluation.max_users {sample or 'null'}): " +
+                               "; ".join(parts)))
         else:
             enough = all(m.get("users", 0) >= min(MIN_SAMPLED_USERS, m.get("users_total", 0))
                          and m.get("recall_at_10_se") is not None
@@ -317,15 +334,22 @@ def training_rate_verdict(results: dict, small: str, large: str) -> dict:
              if r["stage"] == "train epoch"}
     if small == large or small not in rates or large not in rates:
         return verdict(None, "training examples/s: needs two sizes with a training epoch")
-    batch = {s: (results["sizes"][s].get("config") or {}).get("training", {}).get("batch_size")
-             for s in (small, large)}
+    used = {s: ((results["sizes"][s].get("steps") or {}).get("train") or {}).get(
+        "trained_with") or {} for s in (small, large)}
+    batch = {s: (used[s].get("training") or {}).get("batch_size") for s in used}
+    same = batch[small] == batch[large] and used[small].get("towers") == used[large].get(
+        "towers")
+    if not all(used.values()):
+        settings, same = "training settings not recorded", True
+    elif same:
+        settings = f"batch size {batch[small]}, same towers"
+    else:
+        settings = f"batch size {batch[small]} vs {batch[large]}, or other towers: not comparable"
     ratio = rates[large]["rate"] / rates[small]["rate"]
-    same = batch[small] == batch[large]
     return verdict(
         ratio >= MIN_TRAIN_RATE_RATIO and same,
         f"training examples/s at {large} {rates[large]['rate']:,.0f} = {ratio:.2f}x at {small} "
-        f"({rates[small]['rate']:,.0f}; >= {MIN_TRAIN_RATE_RATIO}x; batch size {batch[small]}"
-        + ("" if same else f" vs {batch[large]}: not comparable") + ")")
+        f"({rates[small]['rate']:,.0f}; >= {MIN_TRAIN_RATE_RATIO}x; {settings})")
 
 
 def latency_verdicts(sizes: Dict[str, dict], small: str, large: str) -> List[dict]:
@@ -405,6 +429,16 @@ def markdown(results: dict) -> str:
         for size, r in latency:
             lines.append(f"| {size} | {r['model']} | {r['clients']} | {r['requests']} | "
                          f"{r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.1f} |")
+        lines.append("")
+        for size in sorted(results["sizes"], key=size_key):
+            serve = (results["sizes"][size].get("steps") or {}).get("serve") or {}
+            if serve.get("load_seconds") is not None:
+                lines.append(
+                    f"- {size}: `towerrec serve` had every model AVAILABLE after "
+                    f"{serve['load_seconds']:.1f} s (RSS then {_gb(serve.get('rss_loaded_bytes'))}"
+                    f" GB, peak while loading {_gb(serve.get('peak_rss_load_bytes'))} GB, peak "
+                    f"over its life {_gb(serve.get('server_max_rss_bytes'))} GB); client and "
+                    "server share this machine's cores")
     lines += scann_lines(results)
     lines += failure_lines(results)
     lines += ["", "## Verdicts", ""]
@@ -616,29 +650,25 @@ class SizeRun:
             return None
         if saved.get("returncode") != 0 or saved.get("digest") != self.digest(step):
             return None
+        for need in STEPS[step]:  # a prerequisite run again since (in an earlier run)
+            before = read_json(self.marker(need)) or {}
+            if before.get("finished", math.inf) > saved.get("finished", 0):
+                return None
         return saved
 
     def save(self, step: str, result: dict) -> None:
         self.markers.mkdir(parents=True, exist_ok=True)
         result["digest"] = self.digest(step)
+        result["finished"] = time.time()
         self.marker(step).write_text(json.dumps(result, indent=2))
-
-
-def generate_command(run: SizeRun) -> List[str]:
-    """`towerrec synth`; while the CLI lacks it, the library function it wraps."""
-    if '"synth"' in (ROOT / "towerrec" / "pipelines" / "cli.py").read_text():
-        return towerrec("synth", "--size", run.size, "--seed", str(run.args.seed),
-                        "--out", str(run.data))
-    return [sys.executable, "-c", "import sys; from towerrec.pipelines.synthetic import "
-            "generate; generate(sys.argv[1], sys.argv[2], int(sys.argv[3]))",
-            str(run.data), run.size, str(run.args.seed)]
 
 
 def step_command(run: SizeRun, step: str) -> List[str]:
     config = str(run.config_path)
     this = [sys.executable, str(Path(__file__).resolve())]
     return {
-        "generate": lambda: generate_command(run),
+        "generate": lambda: towerrec("synth", "--size", run.size, "--seed",
+                                     str(run.args.seed), "--out", str(run.data)),
         "train": lambda: towerrec("train", "--config", config),
         "evaluate": lambda: towerrec("evaluate", "--config", config),
         "index": lambda: towerrec("index", "--config", config),
@@ -673,6 +703,9 @@ def attach_result(run: SizeRun, step: str, result: dict) -> None:
     `evaluate`, the settings of `index`, the JSON results of the worker steps."""
     if step == "evaluate":
         result["evaluation"] = read_json(run.run_dir / "evaluation.json")
+    if step == "train":  # the settings it trained with, defaults included
+        saved = read_json(run.run_dir / "model" / "config.json") or {}
+        result["trained_with"] = {k: saved.get(k) for k in ("training", "towers", "encoder")}
     if step == "index":
         result["index_settings"] = read_json(run.run_dir / "index" / "settings.json")
     files = {"serve": "serve-result.json", "scann": "scann-result.json"}
@@ -882,9 +915,8 @@ def wait_until_serving(process, log, timeout: float) -> str:
             line = lines.get(timeout=1.0)
         except queue.Empty:
             continue
-        if line is None:
-            raise RuntimeError(f"the server exited ({process.wait()}) before serving; see "
-                               f"{log.name}")
+        if line is None:  # not reaped here: the caller wants its rusage
+            raise RuntimeError(f"the server exited before serving; see {log.name}")
         if "gRPC " in line:
             return line.split("gRPC ")[1].split(",")[0].strip()
     raise TimeoutError(f"the server did not serve within {timeout:.0f} s")
@@ -945,24 +977,36 @@ def measure_latency(address: str, base: Path, model: str, clients: Sequence[int]
 
 def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
     """ScaNN (the index `towerrec index` built) against exact search on the trained
-    embeddings, queries of held-out users; one thread for both. Writes the JSON result."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
+    embeddings, queries of held-out users. Writes the JSON result."""
     import numpy as np
     import towerrec  # noqa: F401  (before TensorFlow)
     from towerrec.pipelines.config import load_config
     from towerrec.pipelines.evaluate import query_embeddings, split_queries
-    from towerrec.pipelines.index import INDEX_DIR, Index, exact_top_k, recall_against_exact
+    from towerrec.pipelines.index import INDEX_DIR, Index
     from towerrec.pipelines.train import load_run
-    sys.path.insert(0, str(BENCHMARKS))
-    from index import K, timed
 
     config = load_config(config_path, {"evaluation.max_users": num_queries})
     run = load_run(config)
     split = "warm" if "warm" in run.splits else next(s for s in run.splits if s != "train")
-    queries = np.ascontiguousarray(query_embeddings(run, split_queries(run, split)),
-                                   np.float32)[:num_queries]
-    index = Index(config.run_path / INDEX_DIR)
+    queries = query_embeddings(run, split_queries(run, split))[:num_queries]
+    result = {"split": split, **compare_with_exact(Index(config.run_path / INDEX_DIR),
+                                                   np.ascontiguousarray(queries, np.float32))}
+    result_path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def compare_with_exact(index, queries) -> dict:
+    """Recall@10 against exact search and QPS over exact search's, of a built
+    towerrec.pipelines.index.Index at its own setting and a few around it (leaves searched);
+    everything on one thread (BLAS included)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import numpy as np
+    from towerrec.pipelines.index import exact_top_k, recall_against_exact
+    sys.path.insert(0, str(BENCHMARKS))
+    from index import K, timed
+
     items = index.embeddings
     with threadpool_limits(1):
         blas = [f"{p['internal_api']} {p.get('version')} ({p['num_threads']} thread)"
@@ -984,17 +1028,14 @@ def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
     for r in sweep:
         r["speedup"] = r["qps"] / exact_qps
     chosen = next(r for r in sweep if r["default"] or r["leaves"] is None)
-    result = {"items": int(len(items)), "dims": int(items.shape[1]),
-              "queries": int(len(queries)), "split": split, "mode": index.settings["mode"],
-              "settings": index.settings, "exact_qps": exact_qps,
-              "exact": "NumPy float32 matmul + partial sort (towerrec.pipelines.topk), "
-                       "blocks of queries",
-              "blas": "; ".join(blas) or "none found", "blas_threads": 1,
-              "scann_qps": chosen["qps"], "recall_at_10": chosen["recall_at_10"],
-              "speedup": chosen["speedup"], "sweep": sweep}
-    result_path.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return 0
+    return {"items": int(len(items)), "dims": int(items.shape[1]),
+            "queries": int(len(queries)), "mode": index.settings["mode"],
+            "settings": index.settings, "exact_qps": exact_qps,
+            "exact": "NumPy float32 matmul + partial sort (towerrec.pipelines.topk), "
+                     "blocks of queries",
+            "blas": "; ".join(blas) or "none found", "blas_threads": 1,
+            "scann_qps": chosen["qps"], "recall_at_10": chosen["recall_at_10"],
+            "speedup": chosen["speedup"], "sweep": sweep}
 
 
 # --- main ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import load_config, to_dict
 from towerrec.pipelines.data import Dataset
 from towerrec.pipelines.export import export_models
+from towerrec.pipelines.features import Indexed
 from towerrec.pipelines.publish import (MODELS, PROVENANCE, PUBLISH_JOURNAL, next_version, publish,
                                versions)
 from towerrec.pipelines.movielens import csv_config_values, write_time_split
@@ -148,11 +149,12 @@ def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monke
     features = train_module.training_features
 
     def shuffled_labels(run):
+        """Every example's item (its catalogue columns and probability) from another."""
         examples = features(run)
         order = np.random.default_rng(0).permutation(len(examples["item_id"]))
-        for name in ["item_id", "item_probability", *run.catalogue]:
-            if name in examples:
-                examples[name] = examples[name][order]
+        examples["item_probability"] = examples["item_probability"][order]
+        for name in run.catalogue:
+            examples[name] = Indexed(examples[name].values, examples[name].index[order])
         return examples
 
     monkeypatch.setattr(train_module, "training_features", shuffled_labels)

@@ -38,6 +38,7 @@ def test_deep_merge_keeps_base_keys():
 
 def train_step(train_seconds=100.0, warm=20.0, epochs=2, examples=40_000):
     return {"step": "train", "returncode": 0, "seconds": 200.0, "max_rss_bytes": 3 * GB,
+            "trained_with": {"training": {"batch_size": 512}, "towers": {"hidden_dim": 256}},
             "stages": [
                 {"name": "load data and splits", "seconds": 5.0, "peak_rss_bytes": GB,
                  "interactions": 10_000, "items": 1_000},
@@ -157,6 +158,14 @@ def test_superlinear_growth_slow_training_and_memory_fail():
     assert any(t.startswith("recommender_scann p50 at L") for t in failed)
 
 
+def test_training_rates_at_other_batch_sizes_are_not_compared():
+    sizes = {"S": size_entry(1.0, 10_000, 100_000, p50=10.0),
+             "L": size_entry(100.0, 1_000_000, 10_000_000, p50=10.0)}
+    sizes["L"]["steps"]["train"]["trained_with"]["training"]["batch_size"] = 1024
+    rate = [v for v in report(sizes)["verdicts"] if v["text"].startswith("training ex")][0]
+    assert rate["ok"] is False and "512 vs 1024" in rate["text"]
+
+
 def test_a_failed_step_is_reported_with_its_command():
     sizes = {"XS": size_entry(1.0, 1_000, 10_000, p50=5.0)}
     sizes["XS"]["steps"]["index"] = {"step": "index", "returncode": 2, "seconds": 1.0,
@@ -178,3 +187,41 @@ def test_reap_gives_the_exit_code_and_peak_rss_of_a_child():
     child.returncode = code
     assert code == 3 and peak >= 64 * 2 ** 20
     assert not math.isnan(peak)
+
+
+def test_skip_existing_reuses_a_step_only_after_its_prerequisites(tmp_path):
+    import argparse
+    args = argparse.Namespace(work=str(tmp_path), eval_users=10_000, epochs=1,
+                              ranker_epochs=1, seed=0, skip_existing=True, requests=10,
+                              level_seconds=1.0, clients=[1], queries=10)
+    run = scale.SizeRun("S", args)
+    assert run.config["data"] == {"source": "synthetic", "size": "S",
+                                  "path": str(tmp_path / "S" / "data"), "synthetic_seed": 0}
+    assert run.config["evaluation"]["max_users"] is None  # S: every user
+    assert scale.SizeRun("L", args).config["evaluation"]["max_users"] == 10_000
+    for step in ("generate", "train", "evaluate"):
+        run.save(step, {"step": step, "returncode": 0})
+    assert run.finished("evaluate") is not None
+    run.save("train", {"step": "train", "returncode": 0})  # trained again since
+    assert run.finished("train") is not None and run.finished("evaluate") is None
+    run.save("index", {"step": "index", "returncode": 1})
+    assert run.finished("index") is None
+    args.epochs = 2  # another config: nothing after generate is reused
+    other = scale.SizeRun("S", args)
+    assert other.finished("generate") is not None and other.finished("train") is None
+    other.rerun.add("generate")
+    assert other.finished("generate") is not None and other.finished("train") is None
+
+
+def test_an_encode_from_a_kept_cache_is_reported_not_judged():
+    sizes = {"M": size_entry(1.0, 100_000, 1_000_000, p50=10.0),
+             "L": size_entry(1000.0, 1_000_000, 10_000_000, p50=10.0)}
+    sizes["L"]["steps"]["train"]["encoder_cache_kept"] = True
+    encode = [v for v in report(sizes)["verdicts"] if v["text"].startswith("encode grows")][0]
+    assert encode["ok"] is None and "encoder cache" in encode["text"]
+
+
+def test_a_failed_stage_record_is_not_a_measurement():
+    records = [{"name": "encode catalogue", "seconds": 5.0},
+               {"name": "encode catalogue", "seconds": 1.0, "failed": True}]
+    assert scale.last_record(records, ["encode catalogue"])["seconds"] == 5.0

@@ -27,6 +27,16 @@ def _train(args) -> int:
     return 0
 
 
+def _encode(args) -> int:
+    from towerrec.pipelines.train import encode
+
+    config = load_config(args.config, _overrides(args))
+    counts = encode(config)
+    print(f"encoded {counts['catalogue']} catalogue texts and {counts['contexts']} distinct "
+          f"contexts into {config.run_path / 'encoder'}")
+    return 0
+
+
 def _evaluate(args) -> int:
     from towerrec.pipelines.evaluate import METRIC_NOTE, evaluate_run, markdown_table
     from towerrec.pipelines.train import load_run
@@ -235,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", _train, "Train the two towers (progress per epoch, "
                     "TensorBoard logs and checkpoints in the run folder).")
     train.add_argument("--evaluate", action="store_true", help="evaluate after training")
+    command("encode", _encode, "Encode every catalogue text and distinct context with the "
+            "frozen encoder into the run's cache (resumable; `train` then finds them).")
     served_run = ("act on the newer of the config's run and the run behind the models "
                   "served from this base path (after a retrain: its generation)")
     evaluate = command("evaluate", _evaluate, "Recall@10, Recall@100 and NDCG@10 per split "

@@ -89,6 +89,24 @@ def prepare(config: Config, encoder_dir: Optional[Path] = None,
     return Run(config, dataset, splits, text_inputs, vocabularies, catalogue, model)
 
 
+def encode(config: Config, encoder_dir: Optional[Path] = None) -> Dict[str, int]:
+    """`towerrec encode`: fills the run's encoder cache with every catalogue text and every
+    distinct context, so that a later step finds them encoded (a killed encode resumes
+    where it stopped). Returns the counts of distinct texts."""
+    dataset = load_dataset(config)
+    encoder_dir = Path(encoder_dir or config.run_path / "encoder")
+    export_text_encoder(encoder_dir, config.encoder.preset, config.encoder.sequence_length)
+    text_inputs = TextInputs(encoder_dir, config.encoder.fine_tune, config.encoder.batch_size)
+    counts = {}
+    for name, texts in (("catalogue", dataset.items["text"]),
+                        ("contexts", dataset.interactions["context_text"])):
+        texts = pd.unique(texts.to_numpy(dtype=object))
+        with stage(f"encode {name}", texts=len(texts)):
+            text_inputs.embed(texts)
+        counts[name] = len(texts)
+    return counts
+
+
 def training_features(run: Run) -> Dict[str, object]:
     """Training examples joined with the candidate features of their items (each item's
     features held once, indexed by the examples' catalogue rows)."""

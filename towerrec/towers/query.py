@@ -42,9 +42,10 @@ class QueryFeatures(tf.keras.layers.Layer):
         # Row 0 is NO_ROW's: gathered at row + 1.
         self.item_index_of_row = host_variable(
             np.concatenate([[MASK_INDEX], np.asarray(item_index_of_row, np.int64)]))
-        self.catalogue_text = host_variable(np.concatenate([
-            np.zeros([1, catalogue_text.shape[1]], catalogue_text.dtype),
-            catalogue_text]).astype(TEXT_TABLE_DTYPE.as_numpy_dtype))
+        table = np.zeros([len(catalogue_text) + 1, catalogue_text.shape[1]],
+                         TEXT_TABLE_DTYPE.as_numpy_dtype)
+        table[1:] = catalogue_text  # no float32 copy of a catalogue-sized table
+        self.catalogue_text = host_variable(table)
 
     def call(self, features):
         user = self.user_lookup(features["user_id"])
