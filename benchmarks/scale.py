@@ -84,7 +84,8 @@ MIN_SCANN_SPEEDUP = 50.0
 # step: the steps it needs (all of them finished without error).
 STEPS = {
     "generate": (),
-    "train": ("generate",),
+    "encode": ("generate",),
+    "train": ("encode",),
     "evaluate": ("train",),
     "index": ("train",),
     "train-ranker": ("train",),
@@ -99,7 +100,7 @@ STEPS = {
 STAGES = (
     ("generate", "generate", ("generate",), "interactions", "interactions"),
     ("load data", "train", ("load data and splits",), "interactions", "interactions"),
-    ("encode", "train", ("encode catalogue",), "texts", "texts"),
+    ("encode", "encode", ("encode catalogue",), "texts", "texts"),
     ("build features", "train", ("build features",), "examples", "examples"),
     ("train epoch", "train", ("train",), "examples", "examples"),
     ("evaluate", "evaluate", ("evaluate",), "user_items", "users"),
@@ -185,9 +186,9 @@ def measure(step: Optional[dict], names: Sequence[str]) -> Optional[dict]:
 def size_inputs(size: dict) -> Dict[str, float]:
     """The counts a size's stages are measured against."""
     counts = dict(size.get("counts") or {})
-    train = (size.get("steps") or {}).get("train") or {}
-    records = train.get("stages", [])
-    encode = last_record(records, ["encode catalogue"])
+    steps = size.get("steps") or {}
+    records = (steps.get("train") or {}).get("stages", [])
+    encode = last_record((steps.get("encode") or {}).get("stages", []), ["encode catalogue"])
     if encode and "texts" in encode:
         counts["texts"] = encode["texts"]
     trained = last_record(records, ["train"])
@@ -669,6 +670,7 @@ def step_command(run: SizeRun, step: str) -> List[str]:
     return {
         "generate": lambda: towerrec("synth", "--size", run.size, "--seed",
                                      str(run.args.seed), "--out", str(run.data)),
+        "encode": lambda: towerrec("encode", "--config", config),
         "train": lambda: towerrec("train", "--config", config),
         "evaluate": lambda: towerrec("evaluate", "--config", config),
         "index": lambda: towerrec("index", "--config", config),
@@ -689,8 +691,12 @@ def step_command(run: SizeRun, step: str) -> List[str]:
 
 def before_step(run: SizeRun, step: str) -> None:
     """Clears what a step writes, so that it is measured from scratch."""
-    if step == "train" and not run.args.skip_existing:
+    if step == "encode" and not run.args.skip_existing:
         shutil.rmtree(run.run_dir, ignore_errors=True)  # the encoder cache too
+    if step == "train":  # all but the encoder (and its cache, the encode step's work)
+        for path in (run.run_dir.iterdir() if run.run_dir.exists() else ()):
+            if path.name != "encoder":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     if step == "export":
         shutil.rmtree(run.models, ignore_errors=True)
     for name in ("serve-result.json", "scann-result.json"):
@@ -749,7 +755,7 @@ def run_size(size: str, args, steps: Sequence[str]) -> Dict[str, dict]:
         run.rerun.add(step)
         before_step(run, step)
         env = single_thread_env() if step == "scann" else None
-        cache_kept = step == "train" and any(
+        cache_kept = step == "encode" and any(
             (run.run_dir / "encoder").rglob("embedding_cache*"))
         result = run_command(step, step_command(run, step), run.logs,
                              run.folder / "stages" / f"{step}.jsonl", env)

@@ -88,7 +88,8 @@ def size_entry(factor: float, items: int, interactions: int, p50: float,
                     "max_rss_bytes": GB, "stages": []} for name in scale.STEPS}
     steps["train"] = train_step(train_seconds=100.0 * factor, warm=20.0 * factor,
                                 epochs=1, examples=interactions)
-    steps["train"]["stages"][1]["texts"] = items
+    steps["encode"]["stages"] = [{"name": "encode catalogue", "seconds": 30.0 * factor,
+                                  "peak_rss_bytes": 2 * GB, "texts": items}]
     steps["evaluate"]["evaluation"] = {
         "warm": {"users": users, "users_total": total, "recall_at_10": 0.2,
                  "recall_at_10_se": 0.01}}
@@ -199,7 +200,7 @@ def test_skip_existing_reuses_a_step_only_after_its_prerequisites(tmp_path):
                                   "path": str(tmp_path / "S" / "data"), "synthetic_seed": 0}
     assert run.config["evaluation"]["max_users"] is None  # S: every user
     assert scale.SizeRun("L", args).config["evaluation"]["max_users"] == 10_000
-    for step in ("generate", "train", "evaluate"):
+    for step in ("generate", "encode", "train", "evaluate"):
         run.save(step, {"step": step, "returncode": 0})
     assert run.finished("evaluate") is not None
     run.save("train", {"step": "train", "returncode": 0})  # trained again since
@@ -216,7 +217,7 @@ def test_skip_existing_reuses_a_step_only_after_its_prerequisites(tmp_path):
 def test_an_encode_from_a_kept_cache_is_reported_not_judged():
     sizes = {"M": size_entry(1.0, 100_000, 1_000_000, p50=10.0),
              "L": size_entry(1000.0, 1_000_000, 10_000_000, p50=10.0)}
-    sizes["L"]["steps"]["train"]["encoder_cache_kept"] = True
+    sizes["L"]["steps"]["encode"]["encoder_cache_kept"] = True
     encode = [v for v in report(sizes)["verdicts"] if v["text"].startswith("encode grows")][0]
     assert encode["ok"] is None and "encoder cache" in encode["text"]
 

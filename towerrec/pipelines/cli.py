@@ -12,6 +12,7 @@ import yaml
 
 from towerrec.pipelines.config import ConfigError, load_config
 from towerrec.pipelines.data import DataError
+from towerrec.pipelines.stages import stage
 
 
 def _train(args) -> int:
@@ -42,7 +43,10 @@ def _evaluate(args) -> int:
     from towerrec.pipelines.train import load_run
 
     config = _run_config(args)
-    metrics = evaluate_run(load_run(config))
+    run = load_run(config)
+    with stage("evaluate", items=len(run.catalogue["item_id"])) as record:
+        metrics = evaluate_run(run)
+        record["users"] = sum(m["users"] for m in metrics.values())
     table = markdown_table({config.name: metrics})
     print(table)
     print(f"\n{METRIC_NOTE}")
@@ -59,7 +63,9 @@ def _index(args) -> int:
     config = _run_config(args)
     run = load_run(config)
     directory = config.run_path / INDEX_DIR
-    settings = build_index(candidate_embeddings(run), run.catalogue["item_id"], directory)
+    with stage("build index", items=len(run.catalogue["item_id"])):
+        settings = build_index(candidate_embeddings(run), run.catalogue["item_id"],
+                               directory)
     index = Index(directory)
     queries = query_embeddings(run, training_queries(run, 1000))
     found, _ = index.search(queries, 10)
@@ -75,7 +81,9 @@ def _export(args) -> int:
     from towerrec.pipelines.export import export_models
     from towerrec.pipelines.train import load_run
 
-    written = export_models(load_run(_run_config(args)), Path(args.model_base_path))
+    run = load_run(_run_config(args))
+    with stage("export", items=len(run.catalogue["item_id"])):
+        written = export_models(run, Path(args.model_base_path))
     for name, path in written.items():
         print(f"{name:24s} {path}")
     return 0
@@ -97,7 +105,8 @@ def _train_ranker(args) -> int:
     from towerrec.pipelines.rank import train_ranker
 
     config = _run_config(args)
-    results = train_ranker(config)
+    with stage("train ranker"):
+        results = train_ranker(config)
     print(f"\nTop 10 of retrieval vs retrieve {config.ranker.retrieved} then rerank (full "
           "catalogue, training items excluded, per-user mean):")
     print(markdown_table(results, columns=("recall_at_10", "ndcg_at_10")))
@@ -135,8 +144,10 @@ def _synth(args) -> int:
     from towerrec.pipelines.synthetic import generate
 
     started = time.time()
-    written = generate(args.out, args.size, args.seed, args.items, args.interactions,
-                       args.users)
+    with stage("generate") as record:
+        written = generate(args.out, args.size, args.seed, args.items, args.interactions,
+                           args.users)
+        record.update(interactions=written["interactions"], items=written["items"])
     seconds = time.time() - started
     print(f"{written['items']:,} items ({written['item_shards']} shard(s)), "
           f"{written['interactions']:,} interactions ({written['interaction_shards']} "
