@@ -194,10 +194,16 @@ def list_features(features: RankingFeatures, lists: CandidateLists,
         for s in range(0, len(lists.rows), batch_size)])
 
 
-def rerank(ranker: Ranker, features: RankingFeatures, lists: CandidateLists) -> np.ndarray:
-    """Catalogue rows [n, K] in the reranked order (new items keep their slots)."""
-    scores = ranker(tf.constant(list_features(features, lists)), training=False)
-    order = rerank_order(scores, features.is_new(lists.rows)).numpy()
+def rerank(ranker: Ranker, features: RankingFeatures, lists: CandidateLists,
+           batch_size: int = 1024) -> np.ndarray:
+    """Catalogue rows [n, K] in the reranked order (new items keep their slots). Lists are
+    scored `batch_size` at a time: the ranker's activations for 45k lists of 100 would be
+    gigabytes."""
+    x = list_features(features, lists)
+    orders = [rerank_order(ranker(tf.constant(x[s:s + batch_size]), training=False),
+                           features.is_new(lists.rows[s:s + batch_size])).numpy()
+              for s in range(0, len(x), batch_size)]
+    order = np.concatenate(orders) if orders else np.zeros_like(lists.rows)
     return np.take_along_axis(lists.rows, order, axis=1)
 
 

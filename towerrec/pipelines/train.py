@@ -20,6 +20,7 @@ from towerrec.pipelines.features import (Indexed, TextInputs, catalogue_features
                                          training_examples)
 from towerrec.pipelines.splits import get_splits
 from towerrec.pipelines.stages import stage
+from towerrec.towers.optimizers import LazyAdam
 from towerrec.towers.retrieval import TwoTowerModel, Vocabularies, build_two_tower
 from towerrec.towers.text_encoder import export_text_encoder
 
@@ -166,7 +167,7 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
           f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
           f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
     with strategy.scope():
-        optimizer = loss_scaled(tf.keras.optimizers.Adam(t.learning_rate), t.mixed_precision)
+        optimizer = loss_scaled(LazyAdam(t.learning_rate), t.mixed_precision)
         run.model.compile(optimizer=optimizer, xla=xla)
     run_path = config.run_path
     log_dir = run_path / "logs" / time.strftime("%Y%m%d-%H%M%S")
