@@ -226,3 +226,11 @@ def test_a_failed_stage_record_is_not_a_measurement():
     records = [{"name": "encode catalogue", "seconds": 5.0},
                {"name": "encode catalogue", "seconds": 1.0, "failed": True}]
     assert scale.last_record(records, ["encode catalogue"])["seconds"] == 5.0
+
+
+def test_training_epoch_is_its_steady_rate_when_the_step_recorded_one():
+    step = train_step(train_seconds=100.0, warm=20.0, epochs=2, examples=40_000)
+    step["stages"][-1]["steady_examples_per_second"] = 1_000
+    found = scale.measure(step, ["train"])
+    assert found["seconds"] == 20.0  # 20,000 examples an epoch at 1,000 a second
+    assert "steady" in found["measured"]

@@ -119,6 +119,34 @@ def training_features(run: Run) -> Dict[str, object]:
     return examples
 
 
+class _SteadyThroughput(tf.keras.callbacks.Callback):
+    """Examples per second of training steps, leaving out each epoch's first batches (the
+    step's tracing and warm-up) and anything between epochs (evaluation, checkpoints)."""
+
+    SKIP = 20
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size, self.examples, self.seconds = batch_size, 0, 0.0
+        self._since = None
+
+    @property
+    def rate(self) -> Optional[float]:
+        return self.examples / self.seconds if self.seconds > 0 else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if batch + 1 == self.SKIP:
+            self._since = now
+        elif batch + 1 > self.SKIP and self._since is not None:
+            self.examples += self.batch_size
+            self.seconds += now - self._since
+            self._since = now
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._since = None
+
+
 class _EpochEvaluation(tf.keras.callbacks.Callback):
     """After each epoch: warm-split metrics in the log line and in TensorBoard."""
 
@@ -181,9 +209,13 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     if "warm" in run.splits:
         callbacks.insert(0, _EpochEvaluation(run, log_dir))
     epochs = epochs or t.epochs
+    throughput = _SteadyThroughput(t.batch_size)
     with stage("train", examples=examples // t.batch_size * t.batch_size * epochs,
-               epochs=epochs):
-        run.model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
+               epochs=epochs) as record:
+        run.model.fit(data, epochs=epochs, callbacks=[throughput, *callbacks],
+                      verbose=verbose)
+        if throughput.rate:
+            record["steady_examples_per_second"] = round(throughput.rate)
     save_model(run)
     return run
 
