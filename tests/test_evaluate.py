@@ -238,3 +238,43 @@ def test_cooccurrence_history_keeps_each_users_latest_interactions():
     got = cooccurrence_neighbours(rows, users, 30, 6, history=3)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_queries_of_a_split_follow_time_and_an_empty_split_has_none():
+    from towerrec.pipelines.features import evaluation_queries
+
+    columns = ["user_id", "item_id", "timestamp", "context_text"]
+    train = pd.DataFrame([("u1", "a", 3, ""), ("u1", "b", 1, ""), ("u2", "c", 5, "")],
+                         columns=columns)
+    test = pd.DataFrame([("u1", "c", 9, "late"), ("u1", "d", 7, "early"),
+                         ("u2", "a", 8, "x")], columns=columns)
+    catalogue = np.array(["a", "b", "c", "d"], dtype=object)
+    queries = evaluation_queries(test, train, catalogue, history_length=3, known_users=True)
+    assert queries.user_id.tolist() == ["u1", "u2"]
+    assert queries.history.tolist() == [["", "b", "a"], ["", "", "c"]]  # by time, padded left
+    assert queries.context_text.tolist() == ["early", "x"]  # the first test interaction's
+    assert [t.tolist() for t in queries.targets] == [[2, 3], [0]]
+    assert [e.tolist() for e in queries.exclude] == [[0, 1], [2]]
+    cold = evaluation_queries(test, train, catalogue, 3, known_users=False)
+    assert cold.user_id.tolist() == ["", ""] and cold.exclude[0].size == 0
+    empty = evaluation_queries(test.iloc[:0], train, catalogue, 3, known_users=True)
+    assert len(empty) == 0 and empty.targets == [] and empty.exclude == []
+
+
+def test_training_histories_are_each_users_earlier_items_most_recent_last():
+    from towerrec.pipelines.features import training_examples
+
+    columns = ["user_id", "item_id", "timestamp", "context_text"]
+    train = pd.DataFrame([("u2", "c", 4, "z"), ("u1", "b", 2, "y"), ("u1", "a", 1, "x"),
+                          ("u1", "c", 3, "x"), ("u2", "a", 9, "z")], columns=columns)
+    catalogue = np.array(["a", "b", "c"], dtype=object)
+    examples = training_examples(train, catalogue, history_length=2)
+    # Sorted by user, then time: u1 a, b, c; u2 c, a.
+    assert examples["item_row"].tolist() == [0, 1, 2, 2, 0]
+    assert examples["history_rows"].tolist() == [[NO_ROW, NO_ROW], [NO_ROW, 0], [0, 1],
+                                                 [NO_ROW, NO_ROW], [NO_ROW, 2]]
+    users = examples["user_id"]
+    assert users.values[users.index].tolist() == ["u1", "u1", "u1", "u2", "u2"]
+    contexts = examples["context_text"]
+    assert contexts.values[contexts.index].tolist() == ["x", "y", "x", "z", "z"]
+    np.testing.assert_allclose(examples["item_probability"], [0.4, 0.2, 0.4, 0.4, 0.4])

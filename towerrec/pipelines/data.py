@@ -195,6 +195,9 @@ def validate(dataset: Dataset) -> None:
         raise DataError("there are no interactions (after filtering)")
     if items.empty:
         raise DataError("there are no items")
+    empty = items["item_id"].isin(["", "nan", "None"])
+    if empty.any():
+        raise DataError(f"items: row {int(empty.idxmax())} has an empty item_id")
     duplicated = items["item_id"].duplicated()
     if duplicated.any():
         raise DataError(

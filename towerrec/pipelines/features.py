@@ -125,7 +125,8 @@ def evaluation_queries(split: pd.DataFrame, train: pd.DataFrame, catalogue_ids: 
     split_rows = catalogue_rows(catalogue_ids, split["item_id"].to_numpy())
     users, starts = np.unique(split["user_id"].to_numpy(dtype=object), return_index=True)
     contexts = split["context_text"].to_numpy(dtype=object)[starts]
-    targets = [np.unique(part) for part in np.split(split_rows, starts[1:])]
+    targets = ([np.unique(part) for part in np.split(split_rows, starts[1:])]
+               if len(starts) else [])
     if known_users:
         # Only the split's users' training interactions: a sample of users costs its own.
         seen = train[train["user_id"].isin(users)].sort_values(["user_id", "timestamp"],

@@ -97,7 +97,8 @@ class Catalogue(tf.Module):
         by_title = {}
         for row, title in enumerate(titles):
             for key in title_keys(str(title)):
-                by_title.setdefault(key, row)  # the first item of a repeated title
+                if key:  # "" is history padding, never an item
+                    by_title.setdefault(key, row)  # the first item of a repeated title
         self.title_rows = _row_table(_write_rows(by_title.keys(), by_title.values(),
                                                  Path(table_dir) / "title_rows.tsv"))
 

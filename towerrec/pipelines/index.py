@@ -104,7 +104,8 @@ class Index:
             raise FileNotFoundError(f"no index in {directory}: run `towerrec index` first")
         self.settings = json.loads((directory / "settings.json").read_text())
         self.embeddings = np.load(directory / "candidate_embeddings.npy")
-        self.item_ids = np.array(json.loads((directory / "item_ids.json").read_text()))
+        self.item_ids = np.array(json.loads((directory / "item_ids.json").read_text()),
+                                 dtype=object)
         self.searcher = scann_ops_pybind.load_searcher(str(directory / "scann"))
 
     def search(self, queries: np.ndarray, k: int = 10):

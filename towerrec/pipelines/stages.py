@@ -1,8 +1,8 @@
 """Wall time and peak memory per pipeline stage, for the logs and for benchmarks/scale.py.
 
-    with stage("train epoch", examples=n) as s:
+    with stage("train", examples=n) as record:
         ...
-    # logs "stage train epoch: 71.3 s, 12,600 examples/s, peak RSS 3.41 GB"
+    # logs "stage train: 71.3 s, 898,560 examples (12,603/s), peak RSS 3.41 GB"
 
 The peak is the largest resident set size sampled (every 50 ms, from /proc) while the stage
 ran, so stages run one after the other in one process each get their own peak. With the
@@ -78,6 +78,9 @@ def describe(record: Dict) -> str:
     parts = [f"{record['seconds']:.1f} s"]
     for key, value in record.items():
         if key in ("name", "seconds", "peak_rss_bytes", "max_rss_bytes_process", "failed"):
+            continue
+        if key == "steady_examples_per_second":
+            parts.append(f"steady state {value:,} examples/s")
             continue
         rate = (f" ({value / record['seconds']:,.0f}/s)"
                 if key in RATES and record["seconds"] > 0 else "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -119,6 +120,26 @@ def training_features(run: Run) -> Dict[str, object]:
     return examples
 
 
+def outside_strategy(function, *args):
+    """function(*args) run where no distribution strategy is in scope. Keras calls
+    callbacks inside the training strategy's scope, where the evaluation's host tables
+    would become variables mirrored onto every device; a strategy scope is per thread."""
+    result = {}
+
+    def call():
+        try:
+            result["value"] = function(*args)
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=call, name="towerrec-evaluation")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 class _SteadyThroughput(tf.keras.callbacks.Callback):
     """Examples per second of training steps, leaving out each epoch's first batches (the
     step's tracing and warm-up) and anything between epochs (evaluation, checkpoints)."""
@@ -158,7 +179,7 @@ class _EpochEvaluation(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from towerrec.pipelines.evaluate import evaluate_split
         with stage("evaluate warm after an epoch"):
-            metrics = evaluate_split(self.run, "warm")
+            metrics = outside_strategy(evaluate_split, self.run, "warm")
         with self.writer.as_default():
             for name in ("recall_at_10", "recall_at_100", "ndcg_at_10"):
                 tf.summary.scalar(f"warm/{name}", metrics[name], step=epoch)

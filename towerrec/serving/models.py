@@ -2,7 +2,8 @@
 SignatureDefs as TF Serving reports them, and how a version folder is loaded and warmed up.
 
 Loading needs the custom ops the exports use: TF Text (the BERT tokenizer; stock TF Serving
-links it) and ScaNN (retrieval_scann only), registered before `tf.saved_model.load`.
+links it) and ScaNN (retrieval_scann and recommender_scann only), registered before
+`tf.saved_model.load`.
 """
 from __future__ import annotations
 

@@ -224,5 +224,3 @@ class TextEncoder:
         finally:
             if bar is not None:
                 bar.close()
-
-
