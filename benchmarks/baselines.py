@@ -32,8 +32,8 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from towerrec.pipelines.config import load_config  # noqa: E402
-from towerrec.pipelines.evaluate import (evaluate_run, evaluate_scores, markdown_table,  # noqa: E402
-                                METRIC_NOTE, split_queries, split_size)
+from towerrec.pipelines.evaluate import (  # noqa: E402
+    METRIC_NOTE, evaluate_run, evaluate_scores, markdown_table, split_queries, split_size)
 from towerrec.pipelines.features import Queries  # noqa: E402
 from towerrec.pipelines.topk import DotScores  # noqa: E402
 from towerrec.pipelines.rank import train_ranker  # noqa: E402

@@ -30,7 +30,7 @@ from towerrec.pipelines.config import load_config  # noqa: E402
 from towerrec.pipelines.evaluate import evaluate_split, markdown_table  # noqa: E402
 from towerrec.pipelines.export import discard, export_models  # noqa: E402
 from towerrec.pipelines.movielens import (csv_config_values, load_movielens_100k,  # noqa: E402
-                                 write_time_split)
+                                          write_time_split)
 from towerrec.pipelines.retrain import RECENT, retrain  # noqa: E402
 from towerrec.pipelines.train import train  # noqa: E402
 

@@ -12,10 +12,10 @@ import pytest
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 
 from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, top_k,
-                                training_queries)
+                                         training_queries)
 from towerrec.pipelines.export import example_requests, export_models
 from towerrec.pipelines.rank import (CandidateLists, history_rows, list_features, load_ranker,
-                            rerank, serving_features, train_ranker)
+                                     rerank, serving_features, train_ranker)
 from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from towerrec.pipelines.index import (Index, build_index, exact_top_k, recall_against_exact,
-                             scann_settings)
+                                      scann_settings)
 
 
 def normalized(n, dim, seed, clusters=64):

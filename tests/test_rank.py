@@ -15,7 +15,7 @@ from towerrec.pipelines.rank import (candidate_lists, cooccurrence_neighbours, h
 from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 from towerrec.towers.ranking import rerank_order
-from towerrec.towers.ranking_features import NO_ROW, NUM_FEATURES, RankingFeatures
+from towerrec.towers.ranking_features import NO_ROW, NUM_FEATURES
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from towerrec.pipelines.data import Dataset
 from towerrec.pipelines.export import export_models
 from towerrec.pipelines.features import Indexed
 from towerrec.pipelines.publish import (MODELS, PROVENANCE, PUBLISH_JOURNAL, next_version, publish,
-                               versions)
+                                        versions)
 from towerrec.pipelines.movielens import csv_config_values, write_time_split
 from towerrec.pipelines.retrain import GENERATIONS, gate, retrain
 from towerrec.pipelines.train import train

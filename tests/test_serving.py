@@ -368,8 +368,8 @@ def test_towerrec_serve_stops_gracefully_on_sigterm(exported, tmp_path):
     config.write_text(f'model_config_list {{ config {{ name: "query_tower" base_path: '
                       f'"{exported["base"] / "query_tower"}" }} }}')
     process = subprocess.Popen(
-        [sys.executable, "-m", "towerrec.pipelines.cli", "serve", "--model-config-file", str(config),
-         "--port", "0", "--rest-api-port", "0"], stdout=subprocess.PIPE,
+        [sys.executable, "-m", "towerrec.pipelines.cli", "serve", "--model-config-file",
+         str(config), "--port", "0", "--rest-api-port", "0"], stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).parents[1])
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout],

@@ -235,7 +235,6 @@ def _overrides(args) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, value = item.split("=", 1)
-        import yaml
         overrides[key] = yaml.safe_load(value)
     return overrides
 

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from towerrec.pipelines.config import Config
 from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, ranking_metrics,
-                                split_queries, split_size, target_hits)
+                                         split_queries, split_size, target_hits)
 from towerrec.pipelines.features import (Queries, catalogue_rows, evaluation_queries,
                                          sample_users)
 from towerrec.pipelines.splits import hold_out_last, save_splits

@@ -7,7 +7,7 @@ import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
 from towerrec.towers.features import (MultiHot, Standardize, TextVector, drop_to_oov, mlp,
-                             string_lookup, unit_rows)
+                                      string_lookup, unit_rows)
 
 
 class CandidateFeatures(tf.keras.layers.Layer):
