@@ -12,7 +12,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import pandas as pd
 
-from towerrec.pipelines.features import Queries
+from towerrec.pipelines.features import (Queries, catalogue_rows, evaluation_queries,
+                                         sample_users, tf_dataset)
 from towerrec.pipelines.topk import DotScores, top_k_scores
 
 METRIC_NOTE = ("Full-catalogue ranking, each user's training items excluded; per-user mean "
@@ -96,8 +97,6 @@ def markdown_table(rows: Dict[str, Dict[str, Dict[str, float]]],
 
 
 def _embed(tower, features, text_inputs, batch_size: int = 1024) -> np.ndarray:
-    from towerrec.pipelines.features import tf_dataset
-
     batches = tf_dataset(features, text_inputs, batch_size, tower.preprocess)
     return np.concatenate([tower(batch, training=False).numpy() for batch in batches])
 
@@ -108,8 +107,6 @@ def candidate_embeddings(run) -> np.ndarray:
 
 
 def query_embeddings(run, queries: Queries) -> np.ndarray:
-    from towerrec.pipelines.features import catalogue_rows
-
     features = {"user_id": queries.user_id,
                 "history_rows": catalogue_rows(run.catalogue["item_id"], queries.history),
                 "context_text": queries.context_text}
@@ -119,8 +116,6 @@ def query_embeddings(run, queries: Queries) -> np.ndarray:
 def sampled_split(run, split: str) -> pd.DataFrame:
     """The split's interactions of every user, or with `evaluation.max_users` of a seeded
     uniform sample of that many users (seed: `split.seed`)."""
-    from towerrec.pipelines.features import sample_users
-
     return sample_users(run.splits[split], run.config.evaluation.max_users,
                         run.config.split.seed)
 
@@ -133,8 +128,6 @@ def split_size(run, split: str) -> int:
 def split_queries(run, split: str) -> Queries:
     """Queries of the split's (sampled) users: the sample is drawn first, so users left out
     cost nothing."""
-    from towerrec.pipelines.features import evaluation_queries
-
     return evaluation_queries(
         sampled_split(run, split), run.splits["train"], run.catalogue["item_id"],
         run.config.towers.history_length, known_users=(split != "cold_user"))
@@ -143,8 +136,6 @@ def split_queries(run, split: str) -> Queries:
 def training_queries(run, users: int) -> Queries:
     """Queries of the first `users` training users, their training items as history: a
     sample every run has, whatever its held-out splits are called."""
-    from towerrec.pipelines.features import evaluation_queries
-
     train = run.splits["train"]
     chosen = train[train["user_id"].isin(sorted(train["user_id"].unique())[:users])]
     return evaluation_queries(chosen, train, run.catalogue["item_id"],
