@@ -179,10 +179,19 @@ def measure(step: Optional[dict], names: Sequence[str]) -> Optional[dict]:
                 "peak_rss_bytes": record.get("peak_rss_bytes"),
                 "measured": "stage (less warm evaluation) / epochs"}
     if record is not None:
-        cached = " (encoder cache of an earlier run kept)" if (
-            record["name"] == "encode catalogue" and step.get("encoder_cache_kept")) else ""
+        encoded, texts = record.get("encoded"), record.get("texts")
+        if encoded and texts and encoded < texts:
+            # A resumed encode (a killed one's chunks kept): the time all texts take at the
+            # rate of those this run encoded.
+            return {"seconds": record["seconds"] * texts / encoded,
+                    "peak_rss_bytes": record.get("peak_rss_bytes"),
+                    "measured": f"stage: {encoded:,} texts encoded, {texts - encoded:,} "
+                                "kept from a killed run; seconds for all at this rate"}
+        cached = bool(record["name"] == "encode catalogue" and step.get("encoder_cache_kept")
+                      and encoded is None)  # before stages counted what they encoded
         return {"seconds": record["seconds"], "peak_rss_bytes": record.get("peak_rss_bytes"),
-                "measured": "stage" + cached}
+                "measured": "stage" + (" (encoder cache of an earlier run kept)"
+                                       if cached else ""), "cached": cached}
     setup = sum(stage_seconds(records, name) for name in SETUP_STAGES)
     return {"seconds": max(0.0, step["seconds"] - setup),
             "peak_rss_bytes": step.get("max_rss_bytes"),
@@ -245,7 +254,7 @@ def exponents(rows_by_size: Dict[str, List[dict]]) -> List[dict]:
         if len(points) < 2:
             continue
         (small, a), (large, b) = points[-2], points[-1]
-        cached = any("cache" in r["measured"] for r in (a, b))
+        cached = any(r.get("cached") for r in (a, b))
         result.append({"stage": label, "input": a["input"], "from": small, "to": large,
                        "cached": cached,
                        "n_from": a["input_count"], "n_to": b["input_count"],
@@ -407,10 +416,13 @@ def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [f"# Scale benchmark ({', '.join(meta['sizes'])})", "",
              f"{meta['machine']}. Each command in its own process; logs under "
-             f"{meta['work']}/<size>/logs. {meta['started']}.", "",
-             "## Stages", "",
-             "| size | stage | seconds | rate | peak RSS GB | measured |",
-             "|---|---|---|---|---|---|"]
+             f"{meta['work']}/<size>/logs. {meta['started']}.", ""]
+    for name, size in sorted(results["sizes"].items(), key=lambda kv: size_key(kv[0])):
+        if size.get("merged_from"):
+            lines += [f"{name}: measured by an earlier run (started {size.get('started')}), "
+                      f"merged from {size['merged_from']}.", ""]
+    lines += ["## Stages", "", "| size | stage | seconds | rate | peak RSS GB | measured |",
+              "|---|---|---|---|---|---|"]
     for size in sorted(results["rows"], key=size_key):
         for r in results["rows"][size]:
             rate = f"{_number(r['rate'])} {r['rate_unit']}" if r["rate"] else "-"
@@ -779,14 +791,29 @@ def single_thread_env() -> Dict[str, str]:
 def collect(done: Dict[str, Dict[str, dict]], args) -> dict:
     """The report's data: {size: {step: result}} of this run (run or reused steps)."""
     report = {"sizes": {}, "rows": {}}
-    for size in sorted(done, key=size_key):
-        run = SizeRun(size, args)
-        entry = {"config": run.config, "steps": done[size],
-                 "counts": synthetic_counts(run.data)}
-        report["sizes"][size] = entry
-        report["rows"][size] = stage_rows(size, entry)
+    entries = {size: {"config": SizeRun(size, args).config, "steps": steps,
+                      "counts": synthetic_counts(SizeRun(size, args).data)}
+               for size, steps in done.items()}
+    for size, entry in merged_sizes(args.merge).items():
+        entries.setdefault(size, {**entry, "merged_from": args.merge})
+    for size in sorted(entries, key=size_key):
+        report["sizes"][size] = entries[size]
+        report["rows"][size] = stage_rows(size, entries[size])
     report["exponents"] = exponents(report["rows"])
     return report
+
+
+def merged_sizes(path: Optional[str]) -> Dict[str, dict]:
+    """The sizes measured in an earlier run's scale.json (--merge): a long size can be
+    run on its own and reported beside the others."""
+    if not path:
+        return {}
+    earlier = read_json(Path(path))
+    if not earlier or not isinstance(earlier.get("sizes"), dict):
+        raise SystemExit(f"--merge {path}: not a scale.json of this benchmark")
+    started = (earlier.get("meta") or {}).get("started")
+    return {name: {**entry, "started": entry.get("started", started)}
+            for name, entry in earlier["sizes"].items()}
 
 
 def read_json(path: Path):
@@ -1060,6 +1087,9 @@ def parse_args(argv=None):
                         help="data, runs, exports, logs and step results per size")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"),
                         help="folder for scale.json, scale.md and scale.png")
+    parser.add_argument("--merge", default=None, metavar="SCALE_JSON",
+                        help="an earlier run's scale.json: its sizes that this run does not "
+                             "run are reported beside this run's (marked as merged)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs")
     parser.add_argument("--eval-users", type=int, default=10_000,
                         help="users evaluated per split above M (0: all)")
@@ -1105,7 +1135,7 @@ def main(argv=None) -> int:
         steps = [s for s in args.steps if s != "scann" or size == largest]
         done[size] = run_size(size, args, steps)
         results = collect(done, args)
-        results["meta"] = {"sizes": args.sizes, "work": str(Path(args.work).resolve()),
+        results["meta"] = {"sizes": list(results["sizes"]), "work": str(Path(args.work).resolve()),
                            "machine": machine(), "started": started,
                            "arguments": vars(args)}
         write_report(results, out)  # after every size: a crash keeps what was measured

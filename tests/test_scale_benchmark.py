@@ -3,6 +3,7 @@ the verdicts and the report (no training, no TensorFlow)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -60,7 +61,8 @@ def test_training_epoch_excludes_the_warm_evaluations():
 
 def test_a_stage_record_is_preferred_to_the_process():
     measured = scale.measure(train_step(), ("encode catalogue",))
-    assert measured == {"seconds": 30.0, "peak_rss_bytes": 2 * GB, "measured": "stage"}
+    assert measured == {"seconds": 30.0, "peak_rss_bytes": 2 * GB, "measured": "stage",
+                        "cached": False}
 
 
 def test_without_its_record_a_stage_is_its_process_less_setup():
@@ -222,6 +224,19 @@ def test_an_encode_from_a_kept_cache_is_reported_not_judged():
     assert encode["ok"] is None and "encoder cache" in encode["text"]
 
 
+def test_a_resumed_encode_is_judged_at_the_rate_of_what_it_encoded():
+    sizes = {"M": size_entry(1.0, 100_000, 1_000_000, p50=10.0),
+             "L": size_entry(1.0, 1_000_000, 10_000_000, p50=10.0)}
+    sizes["L"]["steps"]["encode"]["encoder_cache_kept"] = True
+    # L encoded 100,000 of its 1,000,000 texts (the rest kept from a killed run) in 30 s:
+    # all of them take 300 s at that rate, 10x M's 30 s for 10x the texts.
+    sizes["L"]["steps"]["encode"]["stages"][0]["encoded"] = 100_000
+    row = [r for r in report(sizes)["rows"]["L"] if r["stage"] == "encode"][0]
+    assert row["seconds"] == 300.0 and "100,000 texts encoded" in row["measured"]
+    encode = [v for v in report(sizes)["verdicts"] if v["text"].startswith("encode grows")][0]
+    assert encode["ok"] is True and "n^1.00" in encode["text"]
+
+
 def test_a_failed_stage_record_is_not_a_measurement():
     records = [{"name": "encode catalogue", "seconds": 5.0},
                {"name": "encode catalogue", "seconds": 1.0, "failed": True}]
@@ -234,3 +249,14 @@ def test_training_epoch_is_its_steady_rate_when_the_step_recorded_one():
     found = scale.measure(step, ["train"])
     assert found["seconds"] == 20.0  # 20,000 examples an epoch at 1,000 a second
     assert "steady" in found["measured"]
+
+
+def test_sizes_of_an_earlier_run_are_merged_beside_this_runs(tmp_path):
+    earlier = report({"S": size_entry(0.1, 10_000, 100_000, p50=10.0),
+                      "M": size_entry(1.0, 100_000, 1_000_000, p50=10.0)})
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps(earlier))
+    merged = scale.merged_sizes(str(path))
+    assert set(merged) == {"S", "M"} and merged["M"]["started"] == "t"
+    with pytest.raises(SystemExit, match="not a scale.json"):
+        scale.merged_sizes(str(tmp_path / "missing.json"))

@@ -82,8 +82,7 @@ def prepare(config: Config, encoder_dir: Optional[Path] = None,
         vocabularies = dataclasses.replace(
             vocabularies, catalogue_ids=dataset.items["item_id"].tolist())
     catalogue = catalogue_features(dataset)
-    with stage("encode catalogue", texts=len(catalogue["item_text"])):
-        catalogue_text = text_inputs.embed(catalogue["item_text"])
+    catalogue_text = embed_stage("encode catalogue", text_inputs, catalogue["item_text"])
     model = build_two_tower(
         vocabularies, catalogue_text, config.towers, config.training,
         encoder_path=str(encoder_dir / "encoder") if config.encoder.fine_tune else None,
@@ -103,10 +102,19 @@ def encode(config: Config, encoder_dir: Optional[Path] = None) -> Dict[str, int]
     for name, texts in (("catalogue", dataset.items["text"]),
                         ("contexts", dataset.interactions["context_text"])):
         texts = pd.unique(texts.to_numpy(dtype=object))
-        with stage(f"encode {name}", texts=len(texts)):
-            text_inputs.embed(texts)
+        embed_stage(f"encode {name}", text_inputs, texts)
         counts[name] = len(texts)
     return counts
+
+
+def embed_stage(name: str, text_inputs: TextInputs, texts) -> np.ndarray:
+    """text_inputs.embed(texts) measured as a stage that also counts the texts it had to
+    encode (the rest came from the cache)."""
+    with stage(name, texts=len(texts)) as record:
+        before = text_inputs.encoder.encoded
+        embedded = text_inputs.embed(texts)
+        record["encoded"] = text_inputs.encoder.encoded - before
+    return embedded
 
 
 def training_features(run: Run) -> Dict[str, object]:

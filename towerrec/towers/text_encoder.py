@@ -166,6 +166,7 @@ class TextEncoder:
         self.encoder = tf.saved_model.load(str(self.directory / "encoder"))
         self.dim = encoder_info(self.directory)["hidden_dim"]
         self.cache = EmbeddingCache(self.directory / "embedding_cache", self.dim)
+        self.encoded = 0  # texts run through the encoder (not found in the cache) so far
         old = self.directory / "embedding_cache.npz"  # the format before chunks
         if old.exists():
             self.cache.import_npz(old, chunk_size)
@@ -190,6 +191,7 @@ class TextEncoder:
         missing = np.flatnonzero(~found)
         # Sorted by length, so that a batch holds texts of similar length.
         missing = sorted(missing, key=lambda u: (len(texts[first[u]]), texts[first[u]]))
+        self.encoded += len(missing)
         if missing:
             self._encode_missing([texts[first[u]] for u in missing], keys[missing],
                                  out, first[missing], progress, cached=len(keys) - len(missing))
