@@ -55,7 +55,7 @@ def test_missing_column_is_named(tmp_path):
 
 def test_wrong_type_is_named(tmp_path):
     items = ITEMS.assign(year=["1979", "soon", "2009"])
-    with pytest.raises(DataError, match=r"column 'year' must be numeric.*'soon'"):
+    with pytest.raises(DataError, match=r"items.csv: column 'year' must be a number; row 1 has 'soon'"):
         load_dataset(config_for(tmp_path, items=items))
     inter = INTERACTIONS.assign(timestamp=["1", "yesterday-ish", "3"])
     with pytest.raises(DataError, match=r"'timestamp' must be a number or a date"):
@@ -86,6 +86,18 @@ def test_unknown_config_key(tmp_path):
     ("training.epochs", True, "training.epochs: expected int, got True"),
     ("retrain.gate_splits", "warm", "gate_splits: expected a list of str"),
     ("evaluation.ks", [5, 20], "must include 10 and 100"),
+    # What a hostile probe found accepted (issue 14, 13): types and ranges, finite floats.
+    ("split.cold_user_fraction", 7, "split.cold_user_fraction: 7.0 is out of range"),
+    ("data.min_rating", "high", "data.min_rating: expected float or null, got 'high'"),
+    ("data.rating_column", 5, "data.rating_column: expected str or null, got 5"),
+    ("split.test_files", ["a"], "split.test_files: expected a mapping of str to str"),
+    ("training.learning_rate", float("nan"), "learning_rate: nan is not a finite number"),
+    ("training.temperature", 0, "temperature: 0.0 is out of range (must be > 0.0)"),
+    ("training.batch_size", 0, "training.batch_size: 0 is out of range (must be >= 2)"),
+    ("training.epochs", -3, "training.epochs: -3 is out of range (must be >= 1)"),
+    ("towers.embedding_dim", 0, "towers.embedding_dim: 0 is out of range"),
+    ("name.x", 1, "config.name: expected str"),
+    ("evaluation.max_users", True, "max_users: expected int or null, got True"),
 ])
 def test_config_values_are_typed(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -96,11 +108,15 @@ def test_config_values_are_typed(key, value, message):
 @pytest.mark.parametrize("text, message", [
     ("training: [unclosed", "while parsing"),
     (None, "Is a directory"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not UTF-8 text"),
+    ("- one\n- two\n", "expected a mapping of sections, got list"),
 ])
 def test_cli_reports_a_bad_config_file_without_traceback(tmp_path, capsys, text, message):
     path = tmp_path / "config.yaml"
     if text is None:
         path.mkdir()
+    elif isinstance(text, bytes):
+        path.write_bytes(text)
     else:
         path.write_text(text)
     assert main(["train", "--config", str(path)]) == 2
@@ -164,3 +180,20 @@ def test_movielens_from_grouplens_folder(movielens, tmp_path):
     pd.testing.assert_frame_equal(grouplens.interactions, movielens.interactions)
     dated = movielens.items["year"].notna()  # the test writes no date where year is unknown
     pd.testing.assert_series_equal(grouplens.items["text"][dated], movielens.items["text"][dated])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("training.batch_size=0", "training.batch_size: 0 is out of range"),
+    ("towers.embedding_dim=0", "towers.embedding_dim: 0 is out of range"),
+    ("training.learning_rate=.nan", "training.learning_rate: nan is not a finite number"),
+    ("name.x=1", "config.name: expected str"),
+    ("training=[1, 2]", "config.training: expected a mapping, got [1, 2]"),
+    ("training.epochs.x=1", "--set training.epochs.x: 'training.epochs' is a value"),
+])
+def test_cli_refuses_bad_settings_in_one_line(tmp_path, capsys, setting, message):
+    config = tmp_path / "config.yaml"
+    config.write_text("training:\n  epochs: 2\n")
+    assert main(["train", "--config", str(config), "--set", setting]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("towerrec train: error:") and message in error, error
+    assert len(error.strip().splitlines()) == 1

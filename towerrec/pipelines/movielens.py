@@ -15,7 +15,8 @@ from typing import Dict
 import numpy as np
 import pandas as pd
 
-from towerrec.pipelines.data import Dataset, DataError, MULTI_VALUE_SEPARATOR
+from towerrec.pipelines.data import (MULTI_VALUE_SEPARATOR, Dataset, DataError, id_column,
+                                     numeric_column, text_column)
 
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_PREFIX = "recbole/dataset_example/ml-100k/"
@@ -47,12 +48,13 @@ def load_movielens_100k(path: str = "") -> Dataset:
 ITEM_COLUMNS = ["item_id", "title", "genres", "year"]
 
 
-def movielens_items(items: pd.DataFrame) -> pd.DataFrame:
-    """item_id, title, genres ("a|b"), year -> the items frame; text "Title (year). a, b"."""
+def movielens_items(items: pd.DataFrame, path: str = "") -> pd.DataFrame:
+    """item_id, title, genres ("a|b"), year -> the items frame; text "Title (year). a, b".
+    An empty year is unknown; a year that is not a number is an error naming the row."""
     items = pd.DataFrame({
-        "item_id": items["item_id"].astype(str), "title": items["title"].astype(str),
-        "genres": items["genres"].fillna("").astype(str),
-        "year": pd.to_numeric(items["year"], errors="coerce").astype("float64")})
+        "item_id": id_column(items, "item_id", "items", path),
+        "title": text_column(items, "title"), "genres": text_column(items, "genres"),
+        "year": numeric_column(items, "year", "items", path)})
     year = items["year"].map(lambda y: f" ({int(y)})" if y == y else "")
     items["title"] = items["title"] + year
     items["text"] = items["title"] + ". " + items["genres"].str.replace(

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +87,31 @@ def exclusive(base_path: Path, create: bool = True):
         _HELD.add(key)
         try:
             recover(base_path)
+            yield
+        finally:
+            _HELD.discard(key)
+
+
+@contextmanager
+def run_lock(run_path: Path):
+    """Holds a run folder's lock while its catalogue changes (add-items): a second writer
+    waits for the first instead of both reading the old additions and one losing its
+    items. The kernel drops the lock of a killed holder. Re-entrant within a process."""
+    run_path = Path(run_path)
+    key = run_path.resolve() / LOCK_FILE
+    if key in _HELD:
+        yield
+        return
+    run_path.mkdir(parents=True, exist_ok=True)
+    with open(run_path / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another towerrec writing to {run_path} "
+                  f"({run_path / LOCK_FILE})", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _HELD.add(key)
+        try:
             yield
         finally:
             _HELD.discard(key)

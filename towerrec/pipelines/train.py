@@ -148,6 +148,27 @@ def outside_strategy(function, *args):
     return result["value"]
 
 
+class ModelError(ValueError):
+    """A model that must not be saved or exported: training diverged (non-finite loss or
+    weights)."""
+
+
+def non_finite_weights(model: tf.keras.Model) -> list:
+    """Names of the model's variables holding NaN or infinity."""
+    return [v.name for v in model.weights if v.dtype.is_floating
+            and not np.isfinite(v.numpy()).all()]
+
+
+def check_finite(embeddings: np.ndarray, what: str) -> np.ndarray:
+    """`embeddings`, if every value is finite; else ModelError (nothing is exported)."""
+    bad = ~np.isfinite(embeddings).all(axis=-1)
+    if bad.any():
+        raise ModelError(f"{int(bad.sum())} of {len(bad)} {what} are not finite (NaN or "
+                         "infinity): the model diverged in training; retrain it with a "
+                         "lower training.learning_rate")
+    return embeddings
+
+
 class _SteadyThroughput(tf.keras.callbacks.Callback):
     """Examples per second of training steps, leaving out each epoch's first batches (the
     step's tracing and warm-up) and anything between epochs (evaluation, checkpoints)."""
@@ -233,18 +254,30 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
                                          max_to_keep=3)
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=str(log_dir), update_freq="epoch"),
-        tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: manager.save()),
+        tf.keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: np.isfinite((logs or {}).get("loss", 0.0))
+            and manager.save()),
     ]
     if "warm" in run.splits:
         callbacks.insert(0, _EpochEvaluation(run, log_dir))
+    # First: a NaN loss stops training at once, before anything evaluates or saves.
+    callbacks.insert(0, tf.keras.callbacks.TerminateOnNaN())
     epochs = epochs or t.epochs
     throughput = _SteadyThroughput(t.batch_size)
     with stage("train", examples=examples // t.batch_size * t.batch_size * epochs,
                epochs=epochs) as record:
-        run.model.fit(data, epochs=epochs, callbacks=[throughput, *callbacks],
-                      verbose=verbose)
+        history = run.model.fit(data, epochs=epochs, callbacks=[throughput, *callbacks],
+                                verbose=verbose)
         if throughput.rate:
             record["steady_examples_per_second"] = round(throughput.rate)
+    losses = history.history.get("loss", [])
+    diverged = non_finite_weights(run.model)
+    if diverged or not np.isfinite(losses).all():
+        raise ModelError(
+            f"training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch "
+            f"{len(losses)} (training.learning_rate {t.learning_rate:g}, "
+            f"training.temperature {t.temperature:g}); {len(diverged)} variable(s) are not "
+            f"finite. Nothing was saved: {run_path / 'model'} is as it was.")
     save_model(run)
     return run
 

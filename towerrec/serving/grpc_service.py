@@ -34,7 +34,7 @@ class Services:
             except ValueError as e:
                 raise invalid(str(e)) from None
             outputs = self.predictor.predict(servable, signature, arrays,
-                                             request.output_filter)
+                                             request.output_filter, context.time_remaining())
             response = predict_pb2.PredictResponse(
                 model_spec=model_spec(servable, signature.name))
             for name, array in outputs.items():

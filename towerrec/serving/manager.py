@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from towerrec.serving.errors import ServingError, not_found
+import grpc
+
+from towerrec.serving.errors import ServingError, first_line, not_found
 from towerrec.serving.metrics import Metrics
 from towerrec.serving.model_config import ModelConfigError, ModelSource
 from towerrec.serving.models import Servable, load_servable
 
 log = logging.getLogger("towerrec.serving")
 _VERSION = re.compile(r"^[0-9]+$")
+INT64_MAX = 2**63 - 1
 LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
@@ -41,14 +44,20 @@ class _Model:
         self.source = source
         self.servables: Dict[int, Servable] = {}
         self.status: Dict[int, VersionStatus] = {}
+        self.listing_error: Optional[str] = None  # the last failure to list its versions
 
 
-def versions_on_disk(base_path: Path) -> List[int]:
-    try:
-        return [int(p.name) for p in Path(base_path).iterdir()
-                if _VERSION.match(p.name) and p.is_dir()]
-    except OSError:
-        return []
+def versions_on_disk(base_path: Path) -> Dict[int, str]:
+    """{version: folder name} of a model's version folders. As in TF Serving, a version is
+    a folder named by digits that fit an int64 (`0002` is version 2; a longer name is no
+    version); where two names give one version, the first in name order is used. Raises
+    OSError when the folder cannot be listed (the caller keeps what it serves)."""
+    found: Dict[int, str] = {}
+    for name in sorted(p.name for p in Path(base_path).iterdir()):
+        if _VERSION.match(name) and int(name) <= INT64_MAX and (
+                Path(base_path) / name).is_dir():
+            found.setdefault(int(name), name)
+    return found
 
 
 def fingerprint(path: Path) -> Optional[tuple]:
@@ -172,21 +181,34 @@ class ModelManager:
         with self._lock:
             model = self._models.setdefault(source.name, _Model(source))
             model.source = source
-        on_disk = versions_on_disk(source.base_path)
+        try:
+            on_disk = versions_on_disk(source.base_path)
+        except OSError as error:
+            # A transient failure (a remount, a permission being fixed) must not unload
+            # what serves: keep it and say why, once per distinct failure.
+            if str(error) != model.listing_error:
+                log.warning("cannot list the versions of %s under %s: %s (keeping the %d "
+                            "loaded version(s))", source.name, source.base_path,
+                            error.strerror or error, len(model.servables))
+            model.listing_error = str(error)
+            return
+        if model.listing_error is not None:
+            log.info("versions of %s are readable again", source.name)
+            model.listing_error = None
         keep = []
-        for version in source.candidates(on_disk):
+        for version in source.candidates(list(on_disk)):
             if source.num_versions is not None and len(keep) >= source.num_versions:
                 break
-            if version in model.servables or self._load(model, version):
+            if version in model.servables or self._load(model, version, on_disk[version]):
                 keep.append(version)
         self._retire(model, set(keep))
         with self._lock:  # forget versions whose folders are gone (and not served)
             for version in set(model.status) - set(on_disk) - set(model.servables):
                 del model.status[version]
 
-    def _load(self, model: _Model, version: int) -> bool:
-        """Loads and warms up a version; True if it is now available."""
-        name, path = model.source.name, model.source.base_path / str(version)
+    def _load(self, model: _Model, version: int, folder: str) -> bool:
+        """Loads and warms up a version from its folder; True if it is now available."""
+        name, path = model.source.name, model.source.base_path / folder
         previous = model.status.get(version)
         current = fingerprint(path)
         if previous is not None and previous.error is not None and (
@@ -195,7 +217,13 @@ class ModelManager:
         self._set(model, VersionStatus(version, LOADING))
         started = time.monotonic()
         try:
-            servable = load_servable(name, version, path)
+            try:
+                servable = load_servable(name, version, path)
+            except ServingError:
+                raise
+            except Exception as error:  # whatever it is, the version ends with its reason
+                raise ServingError(grpc.StatusCode.UNKNOWN,
+                                   f"cannot load {path}: {first_line(error)}") from None
         except ServingError as error:
             self._set(model, VersionStatus(version, END, error, current))
             log.warning("failed to load %s version %d: %s", name, version, error)

@@ -83,10 +83,15 @@ def load_servable(name: str, version: int, path: Path) -> Servable:
     """Loads and warms up a version folder; ServingError (with a code and a one-line why)
     if it is incomplete, corrupt or its warm-up requests fail."""
     path = Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise ServingError(grpc.StatusCode.NOT_FOUND, f"no saved_model.pb in {path}")
     try:
+        if not (path / "saved_model.pb").is_file():
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"no saved_model.pb in {path}")
         proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    except OSError as e:  # e.g. a folder the server may not read
+        code = (grpc.StatusCode.PERMISSION_DENIED if isinstance(e, PermissionError)
+                else grpc.StatusCode.UNAVAILABLE)
+        raise ServingError(code, f"cannot read {e.filename or path}: "
+                                 f"{e.strerror or e}") from None
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ServingError(grpc.StatusCode.DATA_LOSS,
                            f"{path / 'saved_model.pb'} is not a SavedModel ({e})") from None

@@ -3,21 +3,36 @@ inputs against the signature, run (through the batcher when batching is on), fil
 """
 from __future__ import annotations
 
+import ctypes
+import time
+from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
+import grpc
 import numpy as np
 
 from towerrec.serving.batching import BatchScheduler
-from towerrec.serving.errors import invalid
+from towerrec.serving.errors import ServingError, invalid
 from towerrec.serving.manager import ModelManager
 from towerrec.serving.models import Servable, Signature
 from towerrec.serving.validation import validate
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one Predict may ask (ServerOptions has the defaults)."""
+    max_rows: int = 1024
+    max_values_per_row: int = 10_000
+    chunk_rows: int = 32
+    timeout_seconds: float = 30.0
+
+
 class Predictor:
-    def __init__(self, manager: ModelManager, batcher: Optional[BatchScheduler] = None):
+    def __init__(self, manager: ModelManager, batcher: Optional[BatchScheduler] = None,
+                 limits: RequestLimits = RequestLimits()):
         self.manager = manager
         self.batcher = batcher
+        self.limits = limits
 
     def resolve(self, name: str, version: Optional[int], label: Optional[str],
                 signature: str) -> Tuple[Servable, Signature]:
@@ -25,17 +40,62 @@ class Predictor:
         return servable, servable.signature(signature)
 
     def predict(self, servable: Servable, signature: Signature,
-                arrays: Dict[str, np.ndarray],
-                output_filter: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+                arrays: Dict[str, np.ndarray], output_filter: Iterable[str] = (),
+                client_seconds: Optional[float] = None) -> Dict[str, np.ndarray]:
+        """Runs a request; `client_seconds` is what the client's own deadline leaves."""
         validate(signature.inputs, arrays)
+        rows = self._check_limits(signature, arrays)
         wanted = list(output_filter)
         unknown = [n for n in wanted if n not in signature.outputs]
         if unknown:
             raise invalid(f"output_filter names '{unknown[0]}', which is not an output "
                           f"(outputs: {', '.join(signature.outputs)})")
+        seconds = min(self.limits.timeout_seconds, client_seconds or float("inf"))
+        deadline = time.monotonic() + seconds
+        step = self.limits.chunk_rows if signature.batchable and rows else max(rows, 1)
+        parts = []
+        for start in range(0, max(rows, 1), step):
+            if parts and time.monotonic() > deadline:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"the request ran past its deadline of {seconds:g} s "
+                                   f"after {start} of {rows} rows")
+            chunk = ({n: a[start:start + step] for n, a in arrays.items()}
+                     if step < rows else arrays)
+            parts.append(self._run(servable, signature, chunk))
+        outputs = parts[0] if len(parts) == 1 else {
+            n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        if len(parts) > 1:
+            release_memory()
+        return {n: outputs[n] for n in wanted} if wanted else outputs
+
+    def _run(self, servable: Servable, signature: Signature,
+             arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if self.batcher is not None and signature.batchable:
             key = (servable.name, servable.version, signature.name)
-            outputs = self.batcher.run(key, signature.run, arrays)
-        else:
-            outputs = signature.run(arrays)
-        return {n: outputs[n] for n in wanted} if wanted else outputs
+            return self.batcher.run(key, signature.run, arrays)
+        return signature.run(arrays)
+
+    def _check_limits(self, signature: Signature, arrays: Dict[str, np.ndarray]) -> int:
+        """The request's rows (0 for an unbatched signature), within the limits."""
+        rows = next(iter(arrays.values())).shape[0] if signature.batchable else 0
+        if rows > self.limits.max_rows:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the request has {rows} rows, more than the limit of "
+                               f"{self.limits.max_rows} (--max_rows_per_request)")
+        for name, array in arrays.items():
+            width = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
+            if width > self.limits.max_values_per_row:
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"input '{name}' has {width} values per row, more than "
+                                   f"the limit of {self.limits.max_values_per_row} "
+                                   f"(--max_values_per_row)")
+        return rows
+
+
+def release_memory() -> None:
+    """Gives the C heap's free pages back to the system (glibc) after a large request,
+    so that one big request does not keep the server's resident size up."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

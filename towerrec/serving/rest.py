@@ -6,7 +6,10 @@
     GET  /monitoring/prometheus/metrics
 
 Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown model, version or path),
-405, 411 or 413 (body over the limit); the server never sends a traceback.
+405, 408 (a body that stalls past the idle timeout), 411, 413 (a body or a request over a
+limit), 504 (past the request deadline), or the standard library's own 414/431/501; the
+server never sends a traceback. Connections are HTTP/1.1 keep-alive, closed after
+`idle_timeout` seconds without a byte.
 """
 from __future__ import annotations
 
@@ -41,12 +44,15 @@ def _as_json(message) -> dict:
 
 class RestServer(ThreadingHTTPServer):
     daemon_threads = True  # shutdown waits for requests in flight (counted), not idle sockets
+    request_queue_size = 1024  # listen() backlog: bursts queue instead of being refused
 
     def __init__(self, address: Tuple[str, int], predictor: Predictor, metrics: Metrics,
-                 max_request_bytes: int):
+                 max_request_bytes: int, idle_timeout: float = 30.0):
         self.predictor = predictor
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.idle_timeout = idle_timeout  # per socket read: an idle or stalled client is let go
+        self.stopping = False  # once set, each connection closes after its response
         self._in_flight = 0
         self._idle = threading.Condition()
         if ":" in address[0]:
@@ -59,7 +65,9 @@ class RestServer(ThreadingHTTPServer):
             self._idle.notify_all()
 
     def drain(self, timeout: float) -> bool:
-        """Waits until no request is in flight (after shutdown() stopped accepting)."""
+        """Waits until no request is in flight (after shutdown() stopped accepting): every
+        response begun is written whole."""
+        self.stopping = True
         with self._idle:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
@@ -67,7 +75,11 @@ class RestServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RestServer
     server_version = "towerrec-serving"
-    protocol_version = "HTTP/1.0"
+    protocol_version = "HTTP/1.1"  # keep-alive: a client's requests share one connection
+
+    def setup(self):
+        self.timeout = self.server.idle_timeout  # StreamRequestHandler sets it on the socket
+        super().setup()
 
     def do_GET(self):
         self._serve("GET")
@@ -75,26 +87,43 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._serve("POST")
 
+    def do_HEAD(self):  # GET's status and headers, no body
+        self._serve("GET")
+
     def _not_allowed(self):
         self._serve(self.command)
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def log_message(self, format, *args):  # one line per request is noise at this rate
         log.debug("%s %s", self.address_string(), format % args)
 
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's own refusals (414, 431, 501, a malformed request line)
+        as JSON like every other error, not its HTML page."""
+        self.close_connection = True
+        self._send(code, _error(message or explain or self.responses.get(code, ("",))[0]),
+                   None)
+
     def _serve(self, method: str):
         self.server.track(+1)
+        # A body left unread would be parsed as the next request on this connection.
+        self._body_read = ("Transfer-Encoding" not in self.headers and
+                           self.headers.get("Content-Length", "0").strip() in ("", "0"))
         try:
-            status, body, content_type = self._route(method)
-        except ServingError as error:
-            status, body, content_type = error.http_status, _error(error.message), None
-        except Exception:
-            log.exception("REST %s %s failed", method, self.path)
-            status, body, content_type = 500, _error("internal error (see the server log)"), None
+            try:
+                status, body, content_type = self._route(method)
+            except ServingError as error:
+                status, body, content_type = error.http_status, _error(error.message), None
+            except Exception:
+                log.exception("REST %s %s failed", method, self.path)
+                status, body, content_type = (500, _error("internal error (see the server "
+                                                          "log)"), None)
+            if not self._body_read or self.server.stopping:
+                self.close_connection = True  # an unread body would be read as a request
+            self._send(status, body, content_type)
         finally:
-            self.server.track(-1)
-        self._send(status, body, content_type)
+            self.server.track(-1)  # after the response is written: a stop waits for it
 
     def _route(self, method: str):
         path = self.path.split("?", 1)[0]
@@ -159,7 +188,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._discard(int(length))
             raise _HttpError(413, f"the request body has {int(length)} bytes, more than the "
                                   f"limit of {self.server.max_request_bytes}")
-        raw = self.rfile.read(int(length))
+        try:
+            raw = self.rfile.read(int(length))
+        except TimeoutError:
+            raise _HttpError(408, f"the request body did not arrive within "
+                                  f"{self.server.idle_timeout:g} s") from None
+        if len(raw) < int(length):
+            raise invalid(f"the body ended after {len(raw)} of {int(length)} bytes")
+        self._body_read = True
         try:
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -181,9 +217,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type or "application/json")
             self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
-        except OSError:  # the client went away
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:  # the client went away (or stopped reading past the timeout)
             self.close_connection = True
 
 
@@ -191,8 +230,9 @@ class _HttpError(ServingError):
     """An HTTP-only condition (405, 411, 413 before the body is read)."""
 
     def __init__(self, http_status: int, message: str):
-        code = (grpc.StatusCode.RESOURCE_EXHAUSTED if http_status == 413
-                else grpc.StatusCode.INVALID_ARGUMENT)
+        code = {413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                408: grpc.StatusCode.DEADLINE_EXCEEDED}.get(http_status,
+                                                          grpc.StatusCode.INVALID_ARGUMENT)
         super().__init__(code, message)
         self._http_status = http_status
 

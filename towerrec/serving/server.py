@@ -20,7 +20,7 @@ from towerrec.serving.metrics import Metrics
 from towerrec.serving.model_config import model_sources
 from towerrec.serving.models import register_custom_ops
 from towerrec.serving.options import ServerOptions
-from towerrec.serving.predictor import Predictor
+from towerrec.serving.predictor import Predictor, RequestLimits
 from towerrec.serving.rest import RestServer
 
 log = logging.getLogger("towerrec.serving")
@@ -47,7 +47,9 @@ def serve(options: Optional[ServerOptions] = None, **overrides) -> "Server":
                                  options.num_batch_threads,
                                  on_batch=lambda key, n, rows: metrics.batch_run(key[0], n,
                                                                                  rows))
-    predictor = Predictor(manager, batcher)
+    predictor = Predictor(manager, batcher, RequestLimits(
+        options.max_rows_per_request, options.max_values_per_row, options.max_batch_size,
+        options.request_timeout_seconds))
     return Server(options, manager, predictor, metrics)
 
 
@@ -79,7 +81,8 @@ class Server:
         self.rest_port = None
         if options.rest_port >= 0:
             self._rest = RestServer((self.host, options.rest_port), predictor, metrics,
-                                    options.max_request_bytes)
+                                    options.max_request_bytes,
+                                    options.rest_idle_timeout_seconds)
             self.rest_port = self._rest.server_address[1]
             threading.Thread(target=self._rest.serve_forever, name="rest",
                              daemon=True).start()
