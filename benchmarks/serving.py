@@ -1,15 +1,20 @@
 """`towerrec serve` on loopback: latency and throughput over gRPC, in one run.
 
     .venv/bin/python benchmarks/serving.py --model-base-path models [--model recommender]
+        [--baseline-model-base-path old-models]
 
 Serves one model (default `recommender`, else `retrieval_brute_force`) from exports made by
 `towerrec export`, in a `towerrec serve` subprocess, twice: batching off, then on. At 1, 8
-and 32 concurrent gRPC clients (one channel each, one-row requests: the first row of the
-version's own warm-up request) it measures p50 and p99 latency and the throughput. In the
-same run it calls the loaded SavedModel in this process (no server) the same way, so that
-the server's overhead is a ratio (p50 at 1 client, server / in-process), and the batching
-gain is a ratio (throughput at the highest concurrency, batching on / off). Every level is
-bounded by a request count and a time limit. Client and server share this machine's cores.
+and 32 concurrent gRPC clients (one channel each, one-row requests: the version's own
+warm-up request's first row, with a 9-word context) it measures p50 and p99 latency and
+the throughput. In the same run, in this process: the text encoder alone (preprocessor +
+encoder at the request's token length, the floor of any model that encodes the context),
+the loaded SavedModel called directly (no server), and, given a baseline base path (e.g.
+exports of an earlier commit), the baseline's SavedModel the same way. So every claim is a
+ratio of one run: the model's cost over the encoder's, new over old, the server's overhead
+(p50 at 1 client, served / in-process), and the batching gain (throughput at the highest
+concurrency, on / off). Every level is bounded by a request count and a time limit. Client
+and server share this machine's cores.
 """
 from __future__ import annotations
 
@@ -27,13 +32,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import towerrec.towers  # noqa: E402,F401  (before TensorFlow)
+import towerrec  # noqa: E402,F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.pipelines.publish import provenance_run_dir  # noqa: E402
 from towerrec.serving.client import RecommenderClient  # noqa: E402
 from towerrec.serving.manager import versions_on_disk  # noqa: E402
 from towerrec.serving.models import warmup_requests  # noqa: E402
 from towerrec.serving.tensors import to_ndarray  # noqa: E402
 
 FALLBACK = "retrieval_brute_force"
+CONTEXT = "a 24 year old man, a technician, on Monday evening"  # 9 words
 
 
 def pick_model(base: Path, wanted: str | None) -> str:
@@ -42,11 +49,40 @@ def pick_model(base: Path, wanted: str | None) -> str:
     return "recommender" if versions_on_disk(base / "recommender") else FALLBACK
 
 
-def one_row_request(version_path: Path) -> Dict[str, np.ndarray]:
+def newest_version(model_dir: Path) -> Path:
+    versions = versions_on_disk(model_dir) if model_dir.is_dir() else {}
+    if not versions:
+        raise SystemExit(f"no versions under {model_dir}")
+    return model_dir / versions[max(versions)]
+
+
+def one_row_request(version_path: Path, context: str) -> Dict[str, np.ndarray]:
     request = next(iter(warmup_requests(version_path)), None)
     if request is None:
         raise SystemExit(f"{version_path} has no warm-up request to benchmark with")
-    return {name: to_ndarray(tensor, name)[:1] for name, tensor in request.inputs.items()}
+    arrays = {name: to_ndarray(tensor, name)[:1] for name, tensor in request.inputs.items()}
+    if "context_text" in arrays:
+        arrays["context_text"] = np.array([context.encode()], dtype=object)
+    return arrays
+
+
+def encoder_call(version_path: Path, context: str) -> Callable[[], object]:
+    """The context's encoding alone, as the serving graphs do it (trimmed tokens)."""
+    import tensorflow as tf
+    from towerrec.towers.text_encoder import trim_tokens
+
+    run_dir = provenance_run_dir(version_path)
+    if run_dir is None or not (run_dir / "encoder" / "encoder").exists():
+        raise SystemExit(f"{version_path} names no run folder with its encoder")
+    preprocessor = tf.saved_model.load(str(run_dir / "encoder" / "preprocessor"))
+    encoder = tf.saved_model.load(str(run_dir / "encoder" / "encoder"))
+    texts = tf.constant([context])
+
+    @tf.function
+    def encode(texts):
+        return encoder(trim_tokens(preprocessor(texts)), training=False)
+
+    return lambda: encode(texts)
 
 
 def load_level(call: Callable[[], object], clients: int, requests: int,
@@ -124,15 +160,15 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=20.0, help="per level")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-micros", type=int, default=2000)
+    parser.add_argument("--baseline-model-base-path", default=None,
+                        help="exports to compare with in process (e.g. an earlier commit's)")
+    parser.add_argument("--context", default=CONTEXT, help="the requests' context text")
     args = parser.parse_args(argv)
 
     base = Path(args.model_base_path).resolve()
     model = pick_model(base, args.model)
-    versions = versions_on_disk(base / model)
-    if not versions:
-        raise SystemExit(f"no versions of {model} under {base}")
-    version_path = base / model / str(max(versions))
-    request = one_row_request(version_path)
+    version_path = newest_version(base / model)
+    request = one_row_request(version_path, args.context)
     levels = [int(c) for c in args.clients.split(",")]
     rows = []
 
@@ -142,8 +178,16 @@ def main(argv=None) -> int:
         import scann  # noqa: F401
     except ImportError:
         pass
-    function = tf.saved_model.load(str(version_path)).signatures["serving_default"]
     tensors = {k: tf.constant(v) for k, v in request.items()}
+    single = min(levels)
+    rows.append(row("encoder alone (the context)", single, *load_level(
+        encoder_call(version_path, args.context), single, args.requests, args.max_seconds)))
+    if args.baseline_model_base_path:
+        old = newest_version(Path(args.baseline_model_base_path).resolve() / model)
+        old_function = tf.saved_model.load(str(old)).signatures["serving_default"]
+        rows.append(row("in-process SavedModel, baseline", single, *load_level(
+            lambda: old_function(**tensors), single, args.requests, args.max_seconds)))
+    function = tf.saved_model.load(str(version_path)).signatures["serving_default"]
     for clients in levels:
         rows.append(row("in-process SavedModel", clients, *load_level(
             lambda: function(**tensors), clients, args.requests, args.max_seconds)))
@@ -171,8 +215,8 @@ def main(argv=None) -> int:
                 process.terminate()
                 process.wait(60)
 
-    print(f"\n## {model} version {max(versions)} ({base}), one-row requests over gRPC on "
-          f"loopback\n")
+    print(f"\n## {model} {version_path} ({base}), one-row requests over gRPC on "
+          f"loopback, context {args.context!r}\n")
     print("| path | clients | requests | p50 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -182,6 +226,13 @@ def main(argv=None) -> int:
     low, high = min(levels), max(levels)
     off = find[("towerrec serve, batching off", low)]
     base_row = find[("in-process SavedModel", low)]
+    encoder = find[("encoder alone (the context)", low)]
+    print(f"\nmodel over encoder: in-process p50 {base_row['p50'] / encoder['p50']:.2f}x the "
+          f"encoder alone ({base_row['p50']:.2f} ms vs {encoder['p50']:.2f} ms)")
+    old_row = find.get(("in-process SavedModel, baseline", low))
+    if old_row:
+        print(f"new over baseline: in-process p50 {old_row['p50'] / base_row['p50']:.2f}x "
+              f"faster ({base_row['p50']:.2f} ms vs {old_row['p50']:.2f} ms)")
     print(f"\nserver overhead: p50 at {low} client(s) {off['p50'] / base_row['p50']:.2f}x the "
           f"in-process call ({off['p50']:.2f} ms vs {base_row['p50']:.2f} ms)")
     on_high = find[("towerrec serve, batching on", high)]

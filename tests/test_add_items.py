@@ -73,3 +73,62 @@ def test_existing_id_is_refused_and_nothing_changes(trained, tmp_path):
     np.testing.assert_array_equal(Index(trained.run_path / "index").item_ids, before)
     assert (added.read_bytes() if added.exists() else None) == added_before
     assert not [p for p in (tmp_path / "models").glob("*/*")]  # nothing staged or published
+
+
+def test_add_items_again_after_a_kill_resumes_instead_of_refusing(trained, tmp_path):
+    """A kill after the run took the items and before the models were published: the run
+    has them, no served model does. The same add-items again finishes the job."""
+    path = tmp_path / "new.csv"
+    NEW.assign(item_id=["resume-1", "resume-2"]).to_csv(path, index=False)
+    first = add_items(trained, str(path))  # no base path: the "published" part never ran
+    assert list(first["items"]["item_id"]) == ["resume-1", "resume-2"]
+    again = add_items(trained, str(path), tmp_path / "models")
+    assert len(again["items"]) == 0 and again["resumed"] == 2
+    assert sorted(again["exports"]) == ["candidate_tower", "query_tower",
+                                        "retrieval_brute_force", "retrieval_scann"]
+    assert list(pd.read_parquet(trained.run_path / ADDED_ITEMS)["item_id"]).count(
+        "resume-1") == 1
+    changed = tmp_path / "changed.csv"
+    NEW.assign(item_id=["resume-1", "resume-3"], year=[1960, 1961]).to_csv(changed,
+                                                                          index=False)
+    with pytest.raises(DataError, match=r"added before with other values: \['resume-1'\]"):
+        add_items(trained, str(changed))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.assign(year=["1998", "nineteen-ninety"]),
+     "column 'year' must be a number; row 1 has 'nineteen-ninety'"),
+    (lambda f: f.assign(item_id=["bad-1", ""]), "row 1 has an empty item_id"),
+    (lambda f: f.assign(title=["", "A title"]), "row 0 has an empty title"),
+    (lambda f: f.assign(price=[1, 2]), "unknown column(s) ['price']"),
+    (lambda f: f.drop(columns="genres"), "no column(s) ['genres']"),
+])
+def test_bad_item_data_is_refused_naming_file_column_and_row(trained, tmp_path, change,
+                                                             message):
+    added = trained.run_path / ADDED_ITEMS
+    before = added.read_bytes() if added.exists() else None
+    path = tmp_path / "bad.csv"
+    change(NEW.assign(item_id=["bad-1", "bad-2"])).to_csv(path, index=False)
+    with pytest.raises(DataError) as error:
+        add_items(trained, str(path), tmp_path / "models")
+    assert str(path) in str(error.value) and message in str(error.value), str(error.value)
+    assert (added.read_bytes() if added.exists() else None) == before
+    assert not [p for p in (tmp_path / "models").glob("*/*")]
+
+
+def test_two_add_items_at_once_keep_both_items(trained, tmp_path):
+    import subprocess
+    import sys
+    config = trained.run_path / "config.yaml"
+    processes = []
+    for name in ("together-1", "together-2"):
+        path = tmp_path / f"{name}.csv"
+        NEW.iloc[:1].assign(item_id=[name]).to_csv(path, index=False)
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "towerrec.pipelines.cli", "add-items", "--config",
+             str(config), str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    added = list(pd.read_parquet(trained.run_path / ADDED_ITEMS)["item_id"])
+    assert {"together-1", "together-2"} <= set(added)

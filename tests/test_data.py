@@ -8,7 +8,7 @@ import pytest
 
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import ConfigError, load_config
-from towerrec.pipelines.data import DataError, load_dataset
+from towerrec.pipelines.data import DataError, id_column, load_dataset
 from towerrec.pipelines.movielens import load_movielens_100k
 
 ITEMS = pd.DataFrame({"item_id": ["a", "b", "c"],
@@ -197,3 +197,30 @@ def test_cli_refuses_bad_settings_in_one_line(tmp_path, capsys, setting, message
     error = capsys.readouterr().err
     assert error.startswith("towerrec train: error:") and message in error, error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_a_huge_text_cell_is_cut_when_read(tmp_path):
+    from towerrec.pipelines.data import MAX_TEXT_CHARS
+    items = ITEMS.assign(title=["x" * 400_000, "b", "c"])
+    inter = INTERACTIONS.assign(context=["y" * 50_000, "", "z"])
+    dataset = load_dataset(config_for(tmp_path, inter, items, context_column="context"))
+    assert dataset.items["title"].str.len().max() == MAX_TEXT_CHARS
+    assert dataset.items["text"].str.len().max() <= MAX_TEXT_CHARS
+    assert dataset.interactions["context_text"].str.len().max() == MAX_TEXT_CHARS
+
+
+def test_ids_stay_as_written_when_a_cell_is_blank(tmp_path):
+    """A blank id cell is an error naming the row, and never turns 90031 into '90031.0'."""
+    items = ITEMS.assign(item_id=["90031", "", "c"])
+    with pytest.raises(DataError, match=r"items.csv: row 1 has an empty item_id"):
+        load_dataset(config_for(tmp_path, items=items))
+    inter = INTERACTIONS.assign(user_id=["u1", "", "u2"])
+    with pytest.raises(DataError, match=r"interactions.csv: row 1 has an empty user_id"):
+        load_dataset(config_for(tmp_path, inter))
+    items = ITEMS.assign(item_id=["90031", "b", "c"])
+    inter = INTERACTIONS.assign(item_id=["90031", "b", "c"])
+    dataset = load_dataset(config_for(tmp_path, inter, items, fmt="parquet"))
+    assert list(dataset.items["item_id"]) == ["90031", "b", "c"]
+    # A typed file's int column that pandas holds as floats (it had a gap somewhere).
+    assert id_column(pd.DataFrame({"i": [90031.0, 7.0]}), "i", "items").tolist() == [
+        "90031", "7"]

@@ -277,9 +277,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(exported, tm
                       f'"{exported["base"] / "query_tower"}" model_platform: "tensorflow" '
                       f'version_labels {{ key: "stable" value: 1 }} }} }}')
     path = exported["written"]["query_tower"]
-    # Two input shapes (history width 3 and 5), four requests of each, batches of 4 rows:
-    # each shape fills one batch (the 60 s timeout is only a safety net).
-    requests = _distinct_queries(exported, 4, 3) + _distinct_queries(exported, 4, 5)
+    # Histories of width 3 and 5, two requests of each, batches of 4 rows: padded to one
+    # width, all four fill one batch (the 60 s timeout is only a safety net; without the
+    # padding each width would wait for it in a queue of its own).
+    requests = _distinct_queries(exported, 2, 3) + _distinct_queries(exported, 2, 5)
     wants = [in_process(path, r) for r in requests]
     with serve(model_config_file=str(config), grpc_port=0, rest_port=-1,
                enable_batching=True, max_batch_size=4, batch_timeout_micros=60_000_000
@@ -302,12 +303,13 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(exported, tm
             assert not isinstance(answer, Exception), answer
             assert_same_outputs(answer, want)
         labels = {"model": "query_tower"}
-        assert metric(server, "towerrec_serving_batch_requests_count", **labels) == 2
-        assert metric(server, "towerrec_serving_batch_requests_sum", **labels) == 8
-        assert metric(server, "towerrec_serving_batch_rows_sum", **labels) == 8
+        assert metric(server, "towerrec_serving_batch_requests_count", **labels) == 1
+        assert metric(server, "towerrec_serving_batch_requests_sum", **labels) == 4
+        assert metric(server, "towerrec_serving_batch_rows_sum", **labels) == 4
 
         # A version label from models.config names a version (4 rows: it runs unbatched).
-        four = {n: np.concatenate([r[n] for r in requests[:4]]) for n in requests[0]}
+        same_width = _distinct_queries(exported, 4, 3)
+        four = {n: np.concatenate([r[n] for r in same_width]) for n in same_width[0]}
         with grpc.insecure_channel(server.grpc_address) as channel:
             answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
                 _labelled(four, "stable"))

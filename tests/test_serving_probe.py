@@ -191,6 +191,17 @@ def test_head_answers_headers_without_a_body(server):
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: " in head and body == b""
 
 
+def test_histories_are_padded_to_a_shared_width_before_batching():
+    from towerrec.serving.predictor import pad_history
+    request = {"history": np.array([[b"1", b"2", b"3"]], dtype=object),
+               "user_id": np.array([b"u"], dtype=object)}
+    padded = pad_history(request)
+    assert list(padded["history"][0]) == [b""] * 5 + [b"1", b"2", b"3"]
+    assert padded["user_id"] is request["user_id"]
+    eight = {"history": np.full((2, 8), b"x", dtype=object)}
+    assert pad_history(eight) is eight
+
+
 # --- 8, 9, 11: version folders, listing failures, load failures ---------------------------
 
 def test_version_folders_follow_tf_servings_rule(tmp_path):

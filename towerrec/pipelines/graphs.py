@@ -18,6 +18,7 @@ from towerrec.pipelines.features import utf8
 from towerrec.towers.features import NO_ROW, host_variable
 from towerrec.towers.ranking import rerank_order
 from towerrec.towers.ranking_features import RankingFeatures
+from towerrec.towers.text_encoder import trim_tokens
 
 _YEAR = r"\s*\(\d{4}\)$"
 
@@ -70,7 +71,10 @@ def _write_rows(keys: Sequence[str], rows: Sequence[int], path: Path) -> Path:
 
 
 class TextEncoding(tf.Module):
-    """Raw strings -> the frozen sentence embedding (preprocessor + encoder in the graph)."""
+    """Raw strings [n] -> the frozen sentence embeddings [n, hidden] (preprocessor and
+    encoder in the graph), at the cost of the request's own tokens (`trim_tokens`). A
+    batch of empty texts (a request with only a history) skips the encoder: its answer is
+    the embedding of "", computed once here."""
 
     def __init__(self, encoder_dir: Path):
         super().__init__()
@@ -78,9 +82,16 @@ class TextEncoding(tf.Module):
 
         self.preprocessor = tf.saved_model.load(str(Path(encoder_dir) / "preprocessor"))
         self.encoder = tf.saved_model.load(str(Path(encoder_dir) / "encoder"))
+        self.empty_text = tf.Variable(self._encode(tf.constant([""]))[0], trainable=False,
+                                      name="empty_text_embedding")
+
+    def _encode(self, texts):
+        return self.encoder(trim_tokens(self.preprocessor(texts)), training=False)
 
     def __call__(self, texts):
-        return self.encoder(self.preprocessor(texts), training=False)
+        return tf.cond(tf.reduce_all(texts == ""),
+                       lambda: tf.tile(self.empty_text[None], [tf.size(texts), 1]),
+                       lambda: self._encode(texts))
 
 
 class Catalogue(tf.Module):
@@ -164,11 +175,14 @@ class CandidateModel(tf.Module):
 def without_history(scores, history_rows, rows=None):
     """scores [n, m] over catalogue rows `rows` [n, m] (all rows when None) -> the same
     with -inf where the item is in that request's history."""
-    if rows is None:
-        rows = tf.broadcast_to(tf.range(tf.shape(scores)[1], dtype=tf.int64),
-                               tf.shape(scores))
+    minus_inf = tf.constant(-np.inf, scores.dtype)
+    if rows is None:  # the whole catalogue: write -inf at the history's rows, O(n * h)
+        batch = tf.broadcast_to(tf.range(tf.shape(history_rows, out_type=tf.int64)[0])[
+            :, None], tf.shape(history_rows, out_type=tf.int64))
+        at = tf.stack([batch, history_rows], axis=-1)[history_rows >= 0]
+        return tf.tensor_scatter_nd_update(scores, at, tf.fill([tf.shape(at)[0]], minus_inf))
     hit = tf.reduce_any(rows[:, :, None] == history_rows[:, None, :], axis=2)
-    return tf.where(hit, tf.constant(-np.inf, scores.dtype), scores)
+    return tf.where(hit, minus_inf, scores)
 
 
 class BruteForceRetrieval(tf.Module):

@@ -207,6 +207,8 @@ class _EpochEvaluation(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         from towerrec.pipelines.evaluate import evaluate_split
+        if not np.isfinite((logs or {}).get("loss", 0.0)):
+            return  # a diverged model: training stops (TerminateOnNaN), nothing to measure
         with stage("evaluate warm after an epoch"):
             metrics = outside_strategy(evaluate_split, self.run, "warm")
         with self.writer.as_default():

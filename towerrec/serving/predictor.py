@@ -72,7 +72,7 @@ class Predictor:
              arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if self.batcher is not None and signature.batchable:
             key = (servable.name, servable.version, signature.name)
-            return self.batcher.run(key, signature.run, arrays)
+            return self.batcher.run(key, signature.run, pad_history(arrays))
         return signature.run(arrays)
 
     def _check_limits(self, signature: Signature, arrays: Dict[str, np.ndarray]) -> int:
@@ -90,6 +90,26 @@ class Predictor:
                                    f"the limit of {self.limits.max_values_per_row} "
                                    f"(--max_values_per_row)")
         return rows
+
+
+HISTORY_INPUT = "history"  # towerrec's query signatures: item ids or titles [n, width]
+HISTORY_WIDTHS = (8, 16, 32, 64, 128, 256)
+
+
+def pad_history(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The request with its history padded on the left with "" to the smallest width of
+    HISTORY_WIDTHS that holds it, so that requests with histories of different lengths
+    batch together (only inputs of one shape concatenate). Exact: the query models ignore
+    "" and keep the last known items."""
+    history = arrays.get(HISTORY_INPUT)
+    if history is None or history.ndim != 2 or history.dtype != object:
+        return arrays
+    width = next((w for w in HISTORY_WIDTHS if w >= history.shape[1]), history.shape[1])
+    if width == history.shape[1]:
+        return arrays
+    padded = np.full((history.shape[0], width), b"", dtype=object)
+    padded[:, width - history.shape[1]:] = history
+    return {**arrays, HISTORY_INPUT: padded}
 
 
 def release_memory() -> None:

@@ -17,7 +17,7 @@ import importlib.util
 import json
 import time
 from pathlib import Path
-from typing import Iterable, List
+from typing import Dict, Iterable, List
 
 import numpy as np
 
@@ -147,6 +147,22 @@ def tiny_bert(vocabulary: List[str], sequence_length: int = 32, seed: int = 0):
     return backbone, preprocessor
 
 
+# Token lengths a batch is cut to (see trim_tokens).
+TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
+
+
+def trim_tokens(tokens: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Token tensors [n, sequence_length] -> [n, bucket]: the smallest of TOKEN_BUCKETS
+    that holds the batch's longest text (or sequence_length). Padding changes nothing
+    under the attention mask and the masked mean, so short texts (titles, contexts)
+    encode several times faster; buckets keep the shapes few (XLA, TPU). Graph-safe."""
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(tokens["padding_mask"], tf.int32), 1))
+    buckets = tf.constant(TOKEN_BUCKETS, tf.int32)
+    at = tf.minimum(tf.searchsorted(buckets, longest[None])[0], len(TOKEN_BUCKETS) - 1)
+    length = tf.minimum(buckets[at], tf.shape(tokens["padding_mask"])[1])
+    return {k: v[:, :length] for k, v in tokens.items()}
+
+
 class TextEncoder:
     """Encodes texts with the exported SavedModels; frozen outputs are cached on disk.
 
@@ -173,12 +189,7 @@ class TextEncoder:
             old.unlink(missing_ok=True)
 
     def _encode_batch(self, texts):
-        tokens = self.preprocessor(texts)
-        # Padding changes nothing under the attention mask and the masked mean, so a batch
-        # is cut to its longest text: short texts (titles, contexts) encode several times
-        # faster than at the full sequence length.
-        length = int(tf.reduce_max(tf.reduce_sum(tokens["padding_mask"], axis=1)))
-        return self.encoder({k: v[:, :length] for k, v in tokens.items()}, training=False)
+        return self.encoder(trim_tokens(self.preprocessor(texts)), training=False)
 
     def encode(self, texts: Iterable[str], progress: bool = True) -> np.ndarray:
         """texts [n] -> float32 [n, hidden], in order; each unique text encoded at most once."""
