@@ -92,7 +92,7 @@ def test_strategy_chooser_on_this_cpu_machine():
 @pytest.mark.parametrize("key,value,message", [
     ("training.strategy", "gpu", "training.strategy: 'gpu' is not one of auto, default, "
                                  "mirrored, tpu"),
-    ("training.jit_compile", 1, "training.jit_compile: 1 is not one of auto, true, false"),
+    ("training.jit_compile", 1, "config.training.jit_compile: expected bool or str, got 1"),
     ("training.mixed_precision", "float16",
      "training.mixed_precision: 'float16' is not one of null, mixed_float16, mixed_bfloat16"),
 ])

@@ -224,3 +224,14 @@ def test_ids_stay_as_written_when_a_cell_is_blank(tmp_path):
     # A typed file's int column that pandas holds as floats (it had a gap somewhere).
     assert id_column(pd.DataFrame({"i": [90031.0, 7.0]}), "i", "items").tolist() == [
         "90031", "7"]
+
+
+def test_new_interactions_with_an_empty_user_id_are_refused(tmp_path):
+    """retrain reads them before it writes anything (a real NaN once passed the check)."""
+    from towerrec.pipelines.retrain import read_new_interactions
+    path = tmp_path / "new.csv"
+    pd.DataFrame({"user_id": ["1", ""], "item_id": ["50", "181"], "timestamp": [1, 2],
+                  "rating": [5, 4],
+                  "context_text": ["", ""]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"new.csv: row 1 has an empty user_id"):
+        read_new_interactions(str(path), load_config(None, {}))

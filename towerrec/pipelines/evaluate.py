@@ -96,9 +96,20 @@ def markdown_table(rows: Dict[str, Dict[str, Dict[str, float]]],
     return "\n".join(lines)
 
 
+EMBED_CHUNK = 64 * 1024  # rows whose text embeddings are held at once (64 x 1024 batches)
+
+
 def _embed(tower, features, text_inputs, batch_size: int = 1024) -> np.ndarray:
-    batches = tf_dataset(features, text_inputs, batch_size, tower.preprocess)
-    return np.concatenate([tower(batch, training=False).numpy() for batch in batches])
+    """A tower's outputs for every row of `features`, a chunk of rows at a time: the text
+    embeddings a chunk reads (float32 [rows, hidden], 1.5 GB for a million items at once)
+    are held for that chunk only."""
+    rows = len(next(iter(features.values())))
+    outputs = []
+    for start in range(0, rows, EMBED_CHUNK):
+        chunk = {name: values[start:start + EMBED_CHUNK] for name, values in features.items()}
+        batches = tf_dataset(chunk, text_inputs, batch_size, tower.preprocess)
+        outputs += [tower(batch, training=False).numpy() for batch in batches]
+    return np.concatenate(outputs)
 
 
 def candidate_embeddings(run) -> np.ndarray:

@@ -28,11 +28,13 @@ import pandas as pd
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
+from towerrec.memory import release_memory
 from towerrec.pipelines.config import Config
 from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, ranking_metrics,
                                          split_queries, split_size, target_hits)
 from towerrec.pipelines.features import (Queries, catalogue_rows, evaluation_queries,
                                          sample_users)
+from towerrec.pipelines.publish import MODEL_WEIGHTS
 from towerrec.pipelines.splits import hold_out_last, save_splits
 from towerrec.pipelines.topk import DotScores, top_k_scores
 from towerrec.pipelines.train import Run, load_run, train
@@ -213,10 +215,11 @@ def held_out(values: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     return values[np.random.default_rng(seed).random(len(values)) < fraction]
 
 
-def _early_retrieval(config: Config, run: Run):
+def _early_retrieval(config: Config):
     """The retrieval model the ranker's lists come from, and its held-out interactions
-    {"later": warm users' later 20%, "new_users": held-out users' interactions}.
-    Reused when an earlier `train-ranker` trained it from the same config."""
+    {"later": warm users' later 20%, "new_users": held-out users' interactions}, carved
+    from the run's saved training split. Reused when an earlier `train-ranker` trained it
+    from the same config."""
     directory = config.run_path / RANKER_DIR / "retrieval"
     early_config = dataclasses.replace(config, run_dir=str(directory))
     encoder_dir = config.run_path / "encoder"
@@ -226,7 +229,7 @@ def _early_retrieval(config: Config, run: Run):
         early = load_run(early_config, encoder_dir=encoder_dir)
         return early, {name: early.splits[name] for name in ("later", "new_users")}
     shutil.rmtree(directory, ignore_errors=True)
-    train_split = run.splits["train"]
+    train_split = pd.read_parquet(config.run_path / "splits" / "train.parquet")
     new_users = held_out(train_split["user_id"], config.ranker.new_user_fraction,
                          config.split.seed + 1)
     new_items = held_out(train_split["item_id"], config.split.cold_item_fraction,
@@ -248,9 +251,21 @@ def _without_ranker(config: dict) -> dict:
 
 
 def train_ranker(config: Config, verbose: int = 2) -> Dict:
-    """Trains the ranker, saves it, and returns two-stage metrics per split."""
-    run = load_run(config)
-    early, held = _early_retrieval(config, run)
+    """Trains the ranker, saves it, and returns two-stage metrics per split. The run's
+    two-tower model is loaded for the evaluation only, once the list-making model and the
+    lists are gone: at a million items each holds gigabytes."""
+    if not (config.run_path / MODEL_WEIGHTS).exists():
+        raise FileNotFoundError(f"no trained model in {config.run_path / 'model'}: run "
+                                "`towerrec train --config ...` first")
+    ranker = _fit_ranker(config, verbose)
+    release_memory()
+    return evaluate_two_stages(load_run(config), ranker)
+
+
+def _fit_ranker(config: Config, verbose: int) -> Ranker:
+    """The ranker, trained on lists of a retrieval model that has not seen their answers,
+    and saved in the run folder."""
+    early, held = _early_retrieval(config)
     earlier = early.splits["train"]
     history_length = config.towers.history_length
     queries = [evaluation_queries(
@@ -275,7 +290,7 @@ def train_ranker(config: Config, verbose: int = 2) -> Dict:
         len(x), seed=config.training.seed).batch(r.batch_size), epochs=r.epochs,
         verbose=verbose, callbacks=[tf.keras.callbacks.TensorBoard(log_dir=str(log_dir))])
     save_ranker(ranker, config.run_path / RANKER_DIR)
-    return evaluate_two_stages(run, ranker)
+    return ranker
 
 
 def save_ranker(ranker: Ranker, directory: Path) -> None:

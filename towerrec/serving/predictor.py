@@ -3,7 +3,6 @@ inputs against the signature, run (through the batcher when batching is on), fil
 """
 from __future__ import annotations
 
-import ctypes
 import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
@@ -11,6 +10,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import grpc
 import numpy as np
 
+from towerrec.memory import release_memory
 from towerrec.serving.batching import BatchScheduler
 from towerrec.serving.errors import ServingError, invalid
 from towerrec.serving.manager import ModelManager
@@ -110,12 +110,3 @@ def pad_history(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     padded = np.full((history.shape[0], width), b"", dtype=object)
     padded[:, width - history.shape[1]:] = history
     return {**arrays, HISTORY_INPUT: padded}
-
-
-def release_memory() -> None:
-    """Gives the C heap's free pages back to the system (glibc) after a large request,
-    so that one big request does not keep the server's resident size up."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
