@@ -159,9 +159,12 @@ def measure(step: Optional[dict], names: Sequence[str]) -> Optional[dict]:
     """{"seconds", "peak_rss_bytes", "measured"} of a stage: its own record when the step
     wrote one, else the process (wall time less its setup stages; its peak RSS)."""
     if step and step.get("step") == "serve" and step.get("load_seconds") is not None:
+        served = step.get("served_models")  # before the step chose: every model folder
         return {"seconds": step["load_seconds"],
                 "peak_rss_bytes": step.get("peak_rss_load_bytes"),
-                "measured": "server process, RSS sampled"}
+                "measured": "server process, RSS sampled: " + (
+                    ", ".join(served) if served else "every export"),
+                "served": served}
     if not step or step.get("returncode") != 0 or step.get("step") == "serve":
         return None
     records = step.get("stages", [])
@@ -256,7 +259,7 @@ def exponents(rows_by_size: Dict[str, List[dict]]) -> List[dict]:
         (small, a), (large, b) = points[-2], points[-1]
         cached = any(r.get("cached") for r in (a, b))
         result.append({"stage": label, "input": a["input"], "from": small, "to": large,
-                       "cached": cached,
+                       "cached": cached, "comparable": a.get("served") == b.get("served"),
                        "n_from": a["input_count"], "n_to": b["input_count"],
                        "seconds_from": a["seconds"], "seconds_to": b["seconds"],
                        "exponent": growth_exponent(a["input_count"], a["seconds"],
@@ -308,12 +311,16 @@ def judge(results: dict) -> List[dict]:
     for e in results.get("exponents", []):
         if e["exponent"] is None:
             continue
-        out.append(verdict(None if e.get("cached") else e["exponent"] <= MAX_EXPONENT,
+        comparable = e.get("comparable", True)
+        out.append(verdict(None if e.get("cached") or not comparable
+                           else e["exponent"] <= MAX_EXPONENT,
                            f"{e['stage']} grows with {INPUT_NAMES[e['input']]} as n^"
                            f"{e['exponent']:.2f} between {e['from']} and {e['to']} "
                            f"(<= {MAX_EXPONENT})" + (
                                "; not judged: an earlier run's encoder cache was kept"
-                               if e.get("cached") else "")))
+                               if e.get("cached") else "") + (
+                               "; not judged: the two sizes served other sets of models"
+                               if not comparable else "")))
     out += latency_verdicts(sizes, small, large)
     out.append(scann_verdict(sizes[large], large))
     return out
@@ -651,7 +658,8 @@ class SizeRun:
     def digest(self, step: str) -> str:
         if step == "generate":
             return digest(step, self.size, self.args.seed)
-        extra = ((self.args.requests, self.args.level_seconds, self.args.clients)
+        extra = ((self.args.requests, self.args.level_seconds, self.args.clients,
+                  self.args.serve_models)
                  if step == "serve" else self.args.queries if step == "scann" else None)
         return digest(step, self.config, extra)
 
@@ -700,7 +708,8 @@ def step_command(run: SizeRun, step: str) -> List[str]:
                                  str(run.args.requests), "--level-seconds",
                                  str(run.args.level_seconds), "--clients",
                                  *map(str, run.args.clients), "--server-log",
-                                 str(run.logs / "server.log")],
+                                 str(run.logs / "server.log"), "--serve-models",
+                                 *run.args.serve_models],
         "scann": lambda: this + ["--scann-check", config, "--result",
                                  str(run.folder / "scann-result.json"), "--queries",
                                  str(run.args.queries)],
@@ -715,6 +724,8 @@ def before_step(run: SizeRun, step: str) -> None:
         for path in (run.run_dir.iterdir() if run.run_dir.exists() else ()):
             if path.name != "encoder":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if step == "train-ranker":  # its list-making retrieval model too (else reused)
+        shutil.rmtree(run.run_dir / "ranker", ignore_errors=True)
     if step == "export":
         shutil.rmtree(run.models, ignore_errors=True)
     for name in ("serve-result.json", "scann-result.json"):
@@ -859,24 +870,33 @@ def write_report(results: dict, out: Path) -> None:
 # --- workers (run as their own processes) --------------------------------------------------
 
 def serve_check(base: Path, result_path: Path, clients: Sequence[int], requests: int,
-                level_seconds: float, server_log: Path, start_timeout: float) -> int:
-    """Starts `towerrec serve` on every model under `base`, times it until every model is
-    AVAILABLE (sampling the server's RSS), then measures one-row gRPC requests to the
-    recommenders at each client count; stops the server. Writes the JSON result."""
+                level_seconds: float, server_log: Path, start_timeout: float,
+                models: Sequence[str]) -> int:
+    """Starts `towerrec serve` on `models` under `base` ("all": every model folder), times
+    it until every model is AVAILABLE (sampling the server's RSS), then measures one-row
+    gRPC requests to the recommenders at each client count; stops the server. Writes the
+    JSON result."""
     import psutil
 
-    result: dict = {"latency": [], "errors": []}
+    if list(models) == ["all"]:
+        models = sorted(p.name for p in base.iterdir() if p.is_dir()
+                        and not p.name.startswith("."))
+    result: dict = {"latency": [], "errors": [], "served_models": list(models)}
     server_log.parent.mkdir(parents=True, exist_ok=True)
+    config = result_path.with_name("models.config")  # what a deployment lists
+    config.write_text("model_config_list {\n" + "".join(
+        f'  config {{ name: "{m}" base_path: "{base / m}" model_platform: "tensorflow" }}\n'
+        for m in models) + "}\n")
     with open(server_log, "a") as log:  # O_APPEND: the server's stderr shares the file
         started = time.perf_counter()
         process = subprocess.Popen(
-            towerrec("serve", "--model-base-path", str(base), "--port", "0",
+            towerrec("serve", "--model-config-file", str(config), "--port", "0",
                      "--rest-api-port", "-1", "--file-system-poll-wait-seconds", "0"),
             stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
         sampler = RssSampler(psutil.Process(process.pid))
         try:
             address = wait_until_serving(process, log, start_timeout)
-            states = model_states(address, base)
+            states = model_states(address, models)
             result["load_seconds"] = round(time.perf_counter() - started, 3)
             result["peak_rss_load_bytes"] = sampler.peak
             result["rss_loaded_bytes"] = sampler.now()
@@ -961,21 +981,20 @@ def wait_until_serving(process, log, timeout: float) -> str:
     raise TimeoutError(f"the server did not serve within {timeout:.0f} s")
 
 
-def model_states(address: str, base: Path) -> Dict[str, str]:
-    """{model: state of its newest version} per model folder under `base`."""
+def model_states(address: str, models: Sequence[str]) -> Dict[str, str]:
+    """{model: state of its newest version}."""
     from towerrec.serving.client import RecommenderClient
     from towerrec.serving.errors import ServingError
 
     states = {}
     with RecommenderClient(address, timeout=60) as client:
-        for folder in sorted(p for p in base.iterdir() if p.is_dir()
-                             and not p.name.startswith(".")):
+        for model in models:
             try:
-                versions = client.status(folder.name)
-                states[folder.name] = max(versions, key=lambda v: v["version"])["state"] \
+                versions = client.status(model)
+                states[model] = max(versions, key=lambda v: v["version"])["state"] \
                     if versions else "NONE"
             except ServingError as error:
-                states[folder.name] = f"error: {error}"
+                states[model] = f"error: {error}"
     return states
 
 
@@ -988,8 +1007,8 @@ def measure_latency(address: str, base: Path, model: str, clients: Sequence[int]
     from towerrec.serving.client import RecommenderClient
     from towerrec.serving.manager import versions_on_disk
 
-    version = max(versions_on_disk(base / model))
-    request = one_row_request(base / model / str(version))
+    versions = versions_on_disk(base / model)
+    request = one_row_request(base / model / versions[max(versions)])
     with RecommenderClient(address, timeout=60) as probe:  # fails here, not in a thread
         probe.predict(model, request)
     rows = []
@@ -1105,6 +1124,10 @@ def parse_args(argv=None):
                         help="queries of the ScaNN-vs-exact comparison")
     parser.add_argument("--start-timeout", type=float, default=3600.0,
                         help="seconds the server may take to load every model")
+    parser.add_argument("--serve-models", nargs="+", default=list(LATENCY_MODELS),
+                        help="the models `towerrec serve` loads in the serve step (what a "
+                             "deployment lists in models.config), or 'all' (at L every "
+                             "export holds its own catalogue tables, several GB each)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="reuse each size's finished steps (same config)")
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS),
@@ -1124,7 +1147,7 @@ def main(argv=None) -> int:
     if args.serve_check:
         return serve_check(Path(args.serve_check), Path(args.result), args.clients,
                            args.requests, args.level_seconds, Path(args.server_log),
-                           args.start_timeout)
+                           args.start_timeout, args.serve_models)
     if args.scann_check:
         return scann_check(args.scann_check, Path(args.result), args.queries)
     started = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -56,12 +56,14 @@ def newest_version(model_dir: Path) -> Path:
     return model_dir / versions[max(versions)]
 
 
-def one_row_request(version_path: Path, context: str) -> Dict[str, np.ndarray]:
+def one_row_request(version_path: Path, context: Optional[str] = None
+                    ) -> Dict[str, np.ndarray]:
+    """The first row of the version's warm-up request (with `context` as its context)."""
     request = next(iter(warmup_requests(version_path)), None)
     if request is None:
         raise SystemExit(f"{version_path} has no warm-up request to benchmark with")
     arrays = {name: to_ndarray(tensor, name)[:1] for name, tensor in request.inputs.items()}
-    if "context_text" in arrays:
+    if context is not None and "context_text" in arrays:
         arrays["context_text"] = np.array([context.encode()], dtype=object)
     return arrays
 
