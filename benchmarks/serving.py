@@ -123,6 +123,21 @@ def load_level(call: Callable[[], object], clients: int, requests: int,
     return latencies, time.perf_counter() - started
 
 
+def interleaved(calls: Dict[str, Callable[[], object]], requests: int
+                ) -> Dict[str, tuple]:
+    """{label: (latencies in seconds, seconds spent)}: each call once per round, `requests`
+    rounds, after one untimed round (tracing)."""
+    for call in calls.values():
+        call()
+    latencies: Dict[str, List[float]] = {label: [] for label in calls}
+    for _ in range(requests):
+        for label, call in calls.items():
+            started = time.perf_counter()
+            call()
+            latencies[label].append(time.perf_counter() - started)
+    return {label: (values, sum(values)) for label, values in latencies.items()}
+
+
 def start_server(config: Path, batching: bool, args) -> tuple:
     command = [sys.executable, "-m", "towerrec.pipelines.cli", "serve", "--model-config-file",
                str(config), "--port", "0", "--rest-api-port", "-1"]
@@ -182,17 +197,20 @@ def main(argv=None) -> int:
         pass
     tensors = {k: tf.constant(v) for k, v in request.items()}
     single = min(levels)
-    rows.append(row("encoder alone (the context)", single, *load_level(
-        encoder_call(version_path, args.context), single, args.requests, args.max_seconds)))
+    function = tf.saved_model.load(str(version_path)).signatures["serving_default"]
+    calls = {"encoder alone (the context)": encoder_call(version_path, args.context),
+             "in-process SavedModel": lambda: function(**tensors)}
     if args.baseline_model_base_path:
         old = newest_version(Path(args.baseline_model_base_path).resolve() / model)
         old_function = tf.saved_model.load(str(old)).signatures["serving_default"]
-        rows.append(row("in-process SavedModel, baseline", single, *load_level(
-            lambda: old_function(**tensors), single, args.requests, args.max_seconds)))
-    function = tf.saved_model.load(str(version_path)).signatures["serving_default"]
+        calls["in-process SavedModel, baseline"] = lambda: old_function(**tensors)
+    # One client: the calls take turns, so that the machine's drift hits all alike.
+    for label, (latencies, seconds) in interleaved(calls, args.requests).items():
+        rows.append(row(label, single, latencies, seconds))
     for clients in levels:
-        rows.append(row("in-process SavedModel", clients, *load_level(
-            lambda: function(**tensors), clients, args.requests, args.max_seconds)))
+        if clients != single:
+            rows.append(row("in-process SavedModel", clients, *load_level(
+                lambda: function(**tensors), clients, args.requests, args.max_seconds)))
 
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "models.config"
