@@ -224,6 +224,15 @@ def test_an_encode_from_a_kept_cache_is_reported_not_judged():
     assert encode["ok"] is None and "encoder cache" in encode["text"]
 
 
+def test_an_encode_that_encoded_nothing_is_reported_not_judged():
+    sizes = {"M": size_entry(1.0, 100_000, 1_000_000, p50=10.0),
+             "L": size_entry(1000.0, 1_000_000, 10_000_000, p50=10.0)}
+    sizes["L"]["steps"]["encode"]["encoder_cache_kept"] = True
+    sizes["L"]["steps"]["encode"]["stages"][0]["encoded"] = 0  # every text from the cache
+    encode = [v for v in report(sizes)["verdicts"] if v["text"].startswith("encode grows")][0]
+    assert encode["ok"] is None and "encoder cache" in encode["text"]
+
+
 def test_a_resumed_encode_is_judged_at_the_rate_of_what_it_encoded():
     sizes = {"M": size_entry(1.0, 100_000, 1_000_000, p50=10.0),
              "L": size_entry(1.0, 1_000_000, 10_000_000, p50=10.0)}

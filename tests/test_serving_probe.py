@@ -24,7 +24,9 @@ from towerrec.serving.client import RecommenderClient
 from towerrec.serving.errors import ServingError
 from towerrec.serving.manager import END, ModelManager, versions_on_disk
 from towerrec.serving.model_config import ModelSource
+from towerrec.serving.models import Signature
 from towerrec.serving.options import ServerOptions
+from towerrec.serving.predictor import Predictor, RequestLimits
 from towerrec.serving.server import serve
 from tests.serving_helpers import assert_same_outputs, http, in_process, tiny_export, wait_for
 
@@ -108,6 +110,35 @@ def test_a_request_past_its_deadline_stops_between_chunks(exported):
     assert "after 2 of 6 rows" in error.value.message
 
 
+def test_a_client_deadline_already_passed_is_deadline_exceeded(exported, server):
+    servable, signature = server.predictor.resolve("query_tower", None, None, "")
+    with pytest.raises(ServingError) as error:
+        server.predictor.predict(servable, signature, exported["requests"]["query_tower"],
+                                 client_seconds=0.0)
+    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_an_unbatched_signature_is_held_to_the_row_limit(tmp_path):
+    import tensorflow as tf
+
+    module = tf.Module()  # an input with a fixed first dimension: not batchable
+    module.double = tf.function(lambda values: {"doubled": values * 2},
+                                input_signature=[tf.TensorSpec([9], tf.float32, "values")])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.double})
+    signature = Signature("serving_default",
+                          tf.saved_model.load(str(tmp_path)).signatures["serving_default"])
+    assert not signature.batchable
+    predictor = Predictor(manager=None, limits=RequestLimits(max_rows=8))
+    with pytest.raises(ServingError) as error:
+        predictor.predict(None, signature, {"values": np.ones(9, np.float32)})
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "'values' has 9 rows, more than the limit of 8" in error.value.message
+    allowed = Predictor(manager=None, limits=RequestLimits(max_rows=9))
+    np.testing.assert_array_equal(
+        allowed.predict(None, signature, {"values": np.ones(9, np.float32)})["doubled"],
+        np.full(9, 2.0, np.float32))
+
+
 # --- 6: a stop waits for every response to be written whole -------------------------------
 
 def test_stop_waits_until_a_response_in_flight_is_written(exported, monkeypatch):
@@ -137,8 +168,15 @@ def test_stop_waits_until_a_response_in_flight_is_written(exported, monkeypatch)
 
 # --- 7, 12, 14: HTTP/1.1 keep-alive, backlog, idle timeout, JSON refusals, HEAD ---------
 
+def listen_backlog(sock: socket.socket) -> int:
+    """The kernel's accept-queue limit of a listening socket: Linux reports it as
+    tcp_info.tcpi_sacked (u32 at byte 28) while the socket listens."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int.from_bytes(info[28:32], "little")
+
+
 def test_rest_keeps_connections_alive_and_has_a_real_backlog(server):
-    assert rest.RestServer.request_queue_size >= 128
+    assert listen_backlog(server._rest.socket) >= 128  # socketserver's default is 5
     connection = http_client.HTTPConnection(server.host, server.rest_port, timeout=10)
     sockets = []
     try:

@@ -67,3 +67,9 @@ def test_explicit_train_and_test_files(movielens, splits, tmp_path):
     given = make_splits(movielens, config)
     assert set(given) == {"train", "mine"}
     assert len(given["mine"]) == len(splits["warm"])
+    for name in given:  # typed as the interactions are, not as the CSV's text
+        for column in ("user_id", "item_id", "timestamp", "context_text"):
+            assert given[name][column].dtype == movielens.interactions[column].dtype, column
+        pd.testing.assert_series_equal(given[name]["timestamp"],
+                                       splits[name if name == "train" else "warm"]["timestamp"],
+                                       check_names=False)

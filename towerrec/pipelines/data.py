@@ -116,13 +116,18 @@ def _where(what: str, path: str) -> str:
     return f"{what} file {path}" if path else what
 
 
+def _cells_as_text(raw: pd.Series) -> pd.Series:
+    """Every cell as a string, a missing one (NaN, None, pd.NA) as ""."""
+    return raw.astype(object).where(raw.notna(), "").astype(str)
+
+
 def numeric_column(frame: pd.DataFrame, column: str, what: str, path: str = "") -> pd.Series:
     """A column of numbers, float64; an empty cell is NaN (unknown), anything else that is
     not a number is an error naming the file, column and row."""
     raw = frame[column]
     if pd.api.types.is_numeric_dtype(raw):
         return raw.astype("float64")
-    text = raw.astype(object).where(raw.notna(), "").astype(str).str.strip()
+    text = _cells_as_text(raw).str.strip()
     values = pd.to_numeric(text.where(text != "", None), errors="coerce")
     bad = values.isna() & (text != "")
     if bad.any():
@@ -140,7 +145,7 @@ def id_column(frame: pd.DataFrame, column: str, what: str, path: str = "") -> pd
         whole = raw.dropna()
         if (whole == np.floor(whole)).all():
             raw = raw.astype("Int64")
-    ids = raw.astype(object).where(raw.notna(), "").astype(str).str.strip()
+    ids = _cells_as_text(raw).str.strip()
     empty = ids.isin(EMPTY_IDS)
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
@@ -151,8 +156,7 @@ def id_column(frame: pd.DataFrame, column: str, what: str, path: str = "") -> pd
 def text_column(frame: pd.DataFrame, column: str) -> pd.Series:
     """A text column: missing cells empty, stripped, cut to MAX_TEXT_CHARS."""
     raw = frame[column]
-    return (raw.astype(object).where(raw.notna(), "").astype(str)
-            .str.slice(0, MAX_TEXT_CHARS).str.strip())
+    return _cells_as_text(raw).str.slice(0, MAX_TEXT_CHARS).str.strip()
 
 
 def timestamp_column(frame: pd.DataFrame, column: str, what: str,
@@ -160,7 +164,7 @@ def timestamp_column(frame: pd.DataFrame, column: str, what: str,
     """Seconds since the epoch (int64) from numbers or dates, naming the row that is empty
     or neither."""
     raw = frame[column]
-    text = raw.astype(object).where(raw.notna(), "").astype(str).str.strip()
+    text = _cells_as_text(raw).str.strip()
     empty = (text == "").to_numpy()
     if empty.any():
         raise DataError(f"{_where(what, path)}: column '{column}' is empty in row "

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from towerrec.pipelines.config import Config
-from towerrec.pipelines.data import Dataset, DataError, read_table
+from towerrec.pipelines.data import (Dataset, DataError, id_column, numeric_column,
+                                    read_table, text_column,
+                                    timestamp_column)
 
 SPLIT_NAMES = ("warm", "cold_item", "cold_user")
 
@@ -66,16 +68,22 @@ def _explicit_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame
              data.timestamp_column: "timestamp"}
     if data.context_column:
         roles[data.context_column] = "context_text"
+    if data.rating_column:
+        roles[data.rating_column] = "rating"
 
     def load(path: str) -> pd.DataFrame:
-        frame = read_table(path, "split").rename(columns=roles)
-        missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
+        raw = read_table(path, "split").rename(columns=roles)
+        missing = [c for c in ("user_id", "item_id", "timestamp") if c not in raw.columns]
         if missing:
             raise DataError(f"split file {path} is missing column(s) {missing}")
-        frame = frame.astype({"user_id": str, "item_id": str})
-        if "context_text" not in frame.columns:
-            frame["context_text"] = ""
-        frame["context_text"] = frame["context_text"].fillna("").astype(str)
+        frame = raw.copy()  # other columns (e.g. rating) kept as they were read
+        frame["user_id"] = id_column(raw, "user_id", "split", path)
+        frame["item_id"] = id_column(raw, "item_id", "split", path)
+        frame["timestamp"] = timestamp_column(raw, "timestamp", "split", path)
+        frame["context_text"] = (text_column(raw, "context_text")
+                                 if "context_text" in raw.columns else "")
+        if "rating" in raw.columns:
+            frame["rating"] = numeric_column(raw, "rating", "split", path)
         return frame
 
     splits = {"train": load(config.split.train_file)}

@@ -10,7 +10,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import grpc
 import numpy as np
 
-from towerrec.memory import release_memory
+from towerrec.memory import trim_heap
 from towerrec.serving.batching import BatchScheduler
 from towerrec.serving.errors import ServingError, invalid
 from towerrec.serving.manager import ModelManager
@@ -50,7 +50,12 @@ class Predictor:
         if unknown:
             raise invalid(f"output_filter names '{unknown[0]}', which is not an output "
                           f"(outputs: {', '.join(signature.outputs)})")
-        seconds = min(self.limits.timeout_seconds, client_seconds or float("inf"))
+        seconds = self.limits.timeout_seconds
+        if client_seconds is not None:
+            if client_seconds <= 0:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "the client's deadline had passed when the request arrived")
+            seconds = min(seconds, client_seconds)
         deadline = time.monotonic() + seconds
         step = self.limits.chunk_rows if signature.batchable and rows else max(rows, 1)
         parts = []
@@ -65,7 +70,7 @@ class Predictor:
         outputs = parts[0] if len(parts) == 1 else {
             n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
         if len(parts) > 1:
-            release_memory()
+            trim_heap()
         return {n: outputs[n] for n in wanted} if wanted else outputs
 
     def _run(self, servable: Servable, signature: Signature,
@@ -76,12 +81,15 @@ class Predictor:
         return signature.run(arrays)
 
     def _check_limits(self, signature: Signature, arrays: Dict[str, np.ndarray]) -> int:
-        """The request's rows (0 for an unbatched signature), within the limits."""
+        """The request's rows (0 for an unbatched signature: run whole), within the limits.
+        An unbatched signature's inputs are held to the row limit each (their first
+        dimension) as well as to the width limit."""
+        for name, array in arrays.items():
+            if array.ndim and array.shape[0] > self.limits.max_rows:
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"input '{name}' has {array.shape[0]} rows, more than the "
+                                   f"limit of {self.limits.max_rows} (--max_rows_per_request)")
         rows = next(iter(arrays.values())).shape[0] if signature.batchable else 0
-        if rows > self.limits.max_rows:
-            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"the request has {rows} rows, more than the limit of "
-                               f"{self.limits.max_rows} (--max_rows_per_request)")
         for name, array in arrays.items():
             width = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
             if width > self.limits.max_values_per_row:
