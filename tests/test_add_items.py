@@ -1,6 +1,12 @@
 """New items join the index without retraining, and are found by queries about them."""
 from __future__ import annotations
 
+import queue
+import subprocess
+import sys
+import threading
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +18,7 @@ from towerrec.pipelines.config import to_dict
 from towerrec.pipelines.data import ADDED_ITEMS, DataError
 from towerrec.pipelines.features import pad_history
 from towerrec.pipelines.index import Index
+from towerrec.pipelines.publish import exclusive, run_lock
 from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 
@@ -117,18 +124,103 @@ def test_bad_item_data_is_refused_naming_file_column_and_row(trained, tmp_path, 
 
 
 def test_two_add_items_at_once_keep_both_items(trained, tmp_path):
-    import subprocess
-    import sys
+    """Both writers are started while this test holds the run's lock, and both are seen
+    waiting for it before it is let go: they run together, whatever their start-up takes."""
     config = trained.run_path / "config.yaml"
-    processes = []
-    for name in ("together-1", "together-2"):
-        path = tmp_path / f"{name}.csv"
-        NEW.iloc[:1].assign(item_id=[name]).to_csv(path, index=False)
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "towerrec.pipelines.cli", "add-items", "--config",
-             str(config), str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True))
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
+    writers = []
+    with run_lock(trained.run_path):
+        for name in ("together-1", "together-2"):
+            path = tmp_path / f"{name}.csv"
+            NEW.iloc[:1].assign(item_id=[name]).to_csv(path, index=False)
+            writers.append(Lines([sys.executable, "-m", "towerrec.pipelines.cli", "add-items",
+                                  "--config", str(config), str(path)]))
+        for writer in writers:
+            writer.wait_for("waiting for another towerrec", timeout=600)
+    codes = [writer.finish(timeout=600) for writer in writers]
+    assert codes == [0, 0], [writer.lines for writer in writers]
     added = list(pd.read_parquet(trained.run_path / ADDED_ITEMS)["item_id"])
     assert {"together-1", "together-2"} <= set(added)
+
+
+def test_the_publish_lock_is_reentrant_in_a_thread_not_across_threads(tmp_path):
+    refused = []
+    with exclusive(tmp_path / "models"):
+        with exclusive(tmp_path / "models"):  # the same thread: re-entrant
+            other = threading.Thread(target=lambda: refused.append(
+                _raises(lambda: exclusive(tmp_path / "models").__enter__())))
+            other.start()
+            other.join(60)
+    assert refused and isinstance(refused[0], DataError) and "another towerrec" in str(
+        refused[0])
+
+
+def _raises(call):
+    try:
+        call()
+    except Exception as error:
+        return error
+    return None
+
+
+class Lines:
+    """A child process whose output lines are read as they come."""
+
+    def __init__(self, command):
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list = []
+        self._queue: "queue.Queue[str]" = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self._queue.put(line)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.process.poll() is not None and self._queue.empty():
+                self.process.kill()
+                raise AssertionError(f"no line with {text!r}: {self.lines}")
+            try:
+                self.lines.append(self._queue.get(timeout=min(left, 1.0)))
+            except queue.Empty:
+                pass
+
+    def finish(self, timeout: float) -> int:
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self._reader.join(30)
+        while not self._queue.empty():
+            self.lines.append(self._queue.get())
+        return code
+
+
+def test_a_movielens_title_that_is_empty_is_refused_though_a_year_follows(tmp_path):
+    from towerrec.pipelines.add_items import read_new_items
+    from towerrec.pipelines.config import load_config
+    path = tmp_path / "new.csv"
+    pd.DataFrame({"item_id": ["m-1"], "title": ["  "], "genres": ["Drama"],
+                  "year": [1995]}).to_csv(path, index=False)
+    config = load_config(None, {"run_dir": str(tmp_path / "run")})
+    assert config.data.source == "movielens-100k"
+    with pytest.raises(DataError, match="row 0 has an empty title"):
+        read_new_items(str(path), config, catalogue_ids=[])
+
+
+def test_an_item_stored_by_an_older_add_items_is_the_same_item(tmp_path):
+    """Older runs stored no `title` and kept texts whole; a resume must not call that item
+    changed."""
+    from towerrec.pipelines.add_items import _same_row
+    from towerrec.pipelines.data import MAX_TEXT_CHARS
+    long_text = "word " * (MAX_TEXT_CHARS // 4)
+    now = pd.Series({"title": "T", "text": long_text[:MAX_TEXT_CHARS].strip(), "year": np.nan})
+    older = pd.Series({"text": long_text, "year": np.nan})
+    assert _same_row(now, older)
+    assert not _same_row(now, pd.Series({"text": "other", "year": np.nan}))
+    assert not _same_row(now, pd.Series({"text": long_text, "year": 1995.0}))

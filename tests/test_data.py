@@ -186,6 +186,7 @@ def test_movielens_from_grouplens_folder(movielens, tmp_path):
     ("training.batch_size=0", "training.batch_size: 0 is out of range"),
     ("towers.embedding_dim=0", "towers.embedding_dim: 0 is out of range"),
     ("training.learning_rate=.nan", "training.learning_rate: nan is not a finite number"),
+    ("training.learning_rate=1" + "0" * 400, "training.learning_rate: 1000"),
     ("name.x=1", "config.name: expected str"),
     ("training=[1, 2]", "config.training: expected a mapping, got [1, 2]"),
     ("training.epochs.x=1", "--set training.epochs.x: 'training.epochs' is a value"),
@@ -197,6 +198,12 @@ def test_cli_refuses_bad_settings_in_one_line(tmp_path, capsys, setting, message
     error = capsys.readouterr().err
     assert error.startswith("towerrec train: error:") and message in error, error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_a_setting_goes_into_a_section_left_empty_in_the_file(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("training:\n")
+    assert load_config(str(config), {"training.epochs": 3}).training.epochs == 3
 
 
 def test_a_huge_text_cell_is_cut_when_read(tmp_path):

@@ -222,6 +222,14 @@ def test_the_standard_librarys_refusals_are_json(server, request_bytes, status):
     assert b"application/json" in head and json.loads(body)["error"]
 
 
+def test_an_oversized_body_that_stalls_still_gets_its_413(server):
+    head = (b"POST /v1/models/query_tower:predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n" % (17 << 20))  # over the 16 MiB limit
+    answer = raw_http(server, head + b"{" * 1024)  # then silence past the idle timeout
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+
+
 def test_head_answers_headers_without_a_body(server):
     answer = raw_http(server, b"HEAD /v1/models/query_tower HTTP/1.1\r\nHost: x\r\n"
                               b"Connection: close\r\n\r\n")

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from towerrec.pipelines.config import Config
-from towerrec.pipelines.data import (ADDED_ITEMS, DataError, item_columns, items_frame,
-                                     load_dataset, read_table)
+from towerrec.pipelines.data import (ADDED_ITEMS, MAX_TEXT_CHARS, DataError, item_columns,
+                                     items_frame, load_dataset, read_table, text_column)
 
 
 def read_new_items(path: str, config: Config, catalogue_ids,
@@ -40,15 +40,16 @@ def read_new_items(path: str, config: Config, catalogue_ids,
             part for part in (unknown and f"unknown column(s) {unknown}",
                               missing and f"no column(s) {missing}") if part)
             + f"; expected {expected}")
+    title = expected[1] if movielens else config.data.text_columns[0]
+    empty = text_column(raw, title).str.len() == 0  # as read, before a year is appended
+    if empty.any():
+        raise DataError(f"new items file {path}: row {int(np.flatnonzero(empty)[0])} has an "
+                        f"empty {title}")
     if movielens:
         from towerrec.pipelines.movielens import movielens_items
         new = movielens_items(raw, path)
     else:
         new = items_frame(raw, config.data, path)
-    empty = new["title"].str.len() == 0
-    if empty.any():
-        raise DataError(f"new items file {path}: row {int(np.flatnonzero(empty)[0])} has an "
-                        f"empty {expected[1] if movielens else config.data.text_columns[0]}")
     if new["item_id"].duplicated().any():
         raise DataError(f"new items file {path} repeats item_id "
                         f"{new['item_id'][new['item_id'].duplicated()].iloc[0]!r}")
@@ -69,8 +70,15 @@ def read_new_items(path: str, config: Config, catalogue_ids,
     return new
 
 
-def _same_row(a: pd.Series, b: pd.Series) -> bool:
-    return all(a[k] == b.get(k) or (pd.isna(a[k]) and pd.isna(b.get(k))) for k in a.index)
+def _same_row(new: pd.Series, old: pd.Series) -> bool:
+    """An item as read now and as an earlier add-items stored it. Columns the earlier
+    version did not store (e.g. `title`) are not compared, and its texts are compared as
+    far as texts are read now (MAX_TEXT_CHARS)."""
+    def same(a, b) -> bool:
+        if isinstance(a, str) and isinstance(b, str):
+            return a == b[:MAX_TEXT_CHARS].strip() or a == b
+        return a == b or bool(pd.isna(a) and pd.isna(b))
+    return all(same(new[k], old[k]) for k in new.index if k in old.index)
 
 
 def add_items(config: Config, path: str, model_base_path: Optional[Path] = None) -> Dict:

@@ -269,9 +269,13 @@ def _typed(value, annotation, where: str):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        if not math.isfinite(number):
             raise ConfigError(f"{where}: {value!r} is not a finite number")
-        return float(value)
+        return number
     if annotation in (int, str, bool):
         if not isinstance(value, annotation) or (isinstance(value, bool)
                                                  and annotation is not bool):
@@ -322,7 +326,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[dict] = None) ->
         node = values
         *parents, leaf = dotted.split(".")
         for depth, part in enumerate(parents):
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or a YAML section left empty (`training:`)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {dotted}: '{'.'.join(parents[:depth + 1])}' is "
                                   "a value, not a section")

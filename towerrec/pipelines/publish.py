@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +44,13 @@ STAGED_PREFIX = ".tmp-"
 ROLLED_BACK_PREFIX = ".rolled-back-"
 _NUMBERED = re.compile(rf"^(?:{re.escape(STAGED_PREFIX)}|{re.escape(ROLLED_BACK_PREFIX)})?"
                        r"(\d+)(?:-.*)?$")
-_HELD: Set[Path] = set()  # base paths whose lock this process holds
+_HOLDER = threading.local()  # the locks this thread holds: re-entrant per thread only
+
+
+def _held() -> Set[Path]:
+    if not hasattr(_HOLDER, "paths"):
+        _HOLDER.paths = set()
+    return _HOLDER.paths
 
 
 def versions(model_dir: Path) -> List[int]:
@@ -67,10 +74,10 @@ def served_version(model_dir: Path) -> Optional[Path]:
 @contextmanager
 def exclusive(base_path: Path, create: bool = True):
     """Holds the base path's lock (the kernel drops it if the holder is killed); re-entrant
-    within a process. Then recovers what a killed writer left."""
+    within a thread (another thread waits its turn like another process). Then recovers what a killed writer left."""
     base_path = Path(base_path)
     key = base_path.resolve()
-    if key in _HELD:
+    if key in _held():
         yield
         return
     if not base_path.is_dir():
@@ -84,22 +91,22 @@ def exclusive(base_path: Path, create: bool = True):
             raise DataError(f"another towerrec export, add-items, retrain or rollback is "
                             f"writing to {base_path} (it holds {base_path / LOCK_FILE})"
                             ) from None
-        _HELD.add(key)
+        _held().add(key)
         try:
             recover(base_path)
             yield
         finally:
-            _HELD.discard(key)
+            _held().discard(key)
 
 
 @contextmanager
 def run_lock(run_path: Path):
     """Holds a run folder's lock while its catalogue changes (add-items): a second writer
     waits for the first instead of both reading the old additions and one losing its
-    items. The kernel drops the lock of a killed holder. Re-entrant within a process."""
+    items. The kernel drops the lock of a killed holder. Re-entrant within a thread."""
     run_path = Path(run_path)
     key = run_path.resolve() / LOCK_FILE
-    if key in _HELD:
+    if key in _held():
         yield
         return
     run_path.mkdir(parents=True, exist_ok=True)
@@ -110,11 +117,11 @@ def run_lock(run_path: Path):
             print(f"waiting for another towerrec writing to {run_path} "
                   f"({run_path / LOCK_FILE})", file=sys.stderr, flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
-        _HELD.add(key)
+        _held().add(key)
         try:
             yield
         finally:
-            _HELD.discard(key)
+            _held().discard(key)
 
 
 def recover(base_path: Path) -> None:

@@ -206,11 +206,14 @@ class _Handler(BaseHTTPRequestHandler):
         gets the 413 rather than a reset connection."""
         self.close_connection = True
         if length <= 8 * self.server.max_request_bytes:
-            while length > 0:
-                chunk = self.rfile.read(min(length, 1 << 20))
-                if not chunk:
-                    break
-                length -= len(chunk)
+            try:
+                while length > 0:
+                    chunk = self.rfile.read(min(length, 1 << 20))
+                    if not chunk:
+                        break
+                    length -= len(chunk)
+            except OSError:  # the client stalled past the idle timeout, or went away
+                pass
 
     def _send(self, status: int, body: bytes, content_type: Optional[str]):
         try:
