@@ -10,7 +10,9 @@ warm-up request's first row, with a 9-word context) it measures p50 and p99 late
 the throughput. In the same run, in this process: the text encoder alone (preprocessor +
 encoder at the request's token length, the floor of any model that encodes the context),
 the loaded SavedModel called directly (no server), and, given a baseline base path (e.g.
-exports of an earlier commit), the baseline's SavedModel the same way. So every claim is a
+exports of an earlier commit), the baseline's SavedModel the same way. At one client these
+calls and the served call take turns in blocks of 10 calls, so that the machine's drift (2
+shared cores) hits them alike while each stays in its steady state. So every claim is a
 ratio of one run: the model's cost over the encoder's, new over old, the server's overhead
 (p50 at 1 client, served / in-process), and the batching gain (throughput at the highest
 concurrency, on / off). Every level is bounded by a request count and a time limit. Client
@@ -40,6 +42,7 @@ from towerrec.serving.models import warmup_requests  # noqa: E402
 from towerrec.serving.tensors import to_ndarray  # noqa: E402
 
 FALLBACK = "retrieval_brute_force"
+ROUND_TRIP = "gRPC round trip, no model (GetModelStatus)"
 CONTEXT = "a 24 year old man, a technician, on Monday evening"  # 9 words
 
 
@@ -127,18 +130,23 @@ def load_level(call: Callable[[], object], clients: int, requests: int,
     return latencies, time.perf_counter() - started
 
 
-def interleaved(calls: Dict[str, Callable[[], object]], requests: int
+def interleaved(calls: Dict[str, Callable[[], object]], requests: int, block: int
                 ) -> Dict[str, tuple]:
-    """{label: (latencies in seconds, seconds spent)}: each call once per round, `requests`
-    rounds, after one untimed round (tracing)."""
+    """{label: (latencies in seconds, seconds spent)}: the calls take turns in blocks of
+    `block` consecutive calls, `requests` calls each, after one untimed block each (tracing,
+    connections). Turns put the machine's drift on every call alike; blocks keep each one
+    in its steady state (a one-client loop), where single turns would also charge each
+    call for the caches and sleeping threads the previous one left."""
     for call in calls.values():
-        call()
-    latencies: Dict[str, List[float]] = {label: [] for label in calls}
-    for _ in range(requests):
-        for label, call in calls.items():
-            started = time.perf_counter()
+        for _ in range(block):
             call()
-            latencies[label].append(time.perf_counter() - started)
+    latencies: Dict[str, List[float]] = {label: [] for label in calls}
+    for _ in range(max(1, requests // block)):
+        for label, call in calls.items():
+            for _ in range(block):
+                started = time.perf_counter()
+                call()
+                latencies[label].append(time.perf_counter() - started)
     return {label: (values, sum(values)) for label, values in latencies.items()}
 
 
@@ -164,6 +172,36 @@ def start_server(config: Path, batching: bool, args) -> tuple:
     return process, first.split("gRPC ")[1].split(",")[0]
 
 
+class Served:
+    """A `towerrec serve` subprocess of one model; new_call() opens a client of its own
+    (one channel per client thread) and returns its one-row predict."""
+
+    def __init__(self, config: Path, batching: bool, args, model: str, request):
+        self.config, self.batching, self.args = config, batching, args
+        self.model, self.request = model, request
+        self.clients: List[RecommenderClient] = []
+
+    def __enter__(self):
+        self.process, self.address = start_server(self.config, self.batching, self.args)
+        return self
+
+    def new_call(self) -> Callable[[], object]:
+        client = RecommenderClient(self.address, timeout=60)
+        self.clients.append(client)
+        return lambda: client.predict(self.model, self.request)
+
+    def new_status_call(self) -> Callable[[], object]:
+        client = RecommenderClient(self.address, timeout=60)
+        self.clients.append(client)
+        return lambda: client.status(self.model)
+
+    def __exit__(self, *exc):
+        for client in self.clients:
+            client.close()
+        self.process.terminate()
+        self.process.wait(60)
+
+
 def row(label: str, clients: int, latencies: List[float], seconds: float) -> dict:
     ms = np.array(latencies) * 1000
     return {"label": label, "clients": clients, "requests": len(ms),
@@ -183,6 +221,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-timeout-micros", type=int, default=2000)
     parser.add_argument("--baseline-model-base-path", default=None,
                         help="exports to compare with in process (e.g. an earlier commit's)")
+    parser.add_argument("--block", type=int, default=10,
+                        help="one client: consecutive calls of each path per turn")
     parser.add_argument("--context", default=CONTEXT, help="the requests' context text")
     args = parser.parse_args(argv)
 
@@ -210,36 +250,31 @@ def main(argv=None) -> int:
         old = newest_version(Path(args.baseline_model_base_path).resolve() / model)
         old_function = tf.saved_model.load(str(old)).signatures["serving_default"]
         calls["in-process SavedModel, baseline"] = lambda: old_function(**tensors)
-    # One client: the calls take turns, so that the machine's drift hits all alike.
-    for label, (latencies, seconds) in interleaved(calls, args.requests).items():
-        rows.append(row(label, single, latencies, seconds))
-    for clients in levels:
-        if clients != single:
-            rows.append(row("in-process SavedModel", clients, *load_level(
-                lambda: function(**tensors), clients, args.requests, args.max_seconds)))
-
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "models.config"
         config.write_text(f'model_config_list {{ config {{ name: "{model}" '
                           f'base_path: "{base / model}" }} }}')
         for batching in (False, True):
-            process, address = start_server(config, batching, args)
             label = "towerrec serve, batching " + ("on" if batching else "off")
-            opened: List[RecommenderClient] = []
-
-            def setup():  # one channel per client thread
-                opened.append(RecommenderClient(address, timeout=60))
-                client = opened[-1]
-                return lambda: client.predict(model, request)
-            try:
+            with Served(config, batching, args, model, request) as served:
+                if not batching:
+                    # One client: the in-process calls and the served one take turns, so
+                    # that the machine's drift hits all alike (the server idles meanwhile).
+                    calls[label] = served.new_call()
+                    calls[ROUND_TRIP] = served.new_status_call()
+                    for name, (latencies, seconds) in interleaved(
+                            calls, args.requests, args.block).items():
+                        rows.append(row(name, single, latencies, seconds))
+                    for clients in levels:
+                        if clients != single:
+                            rows.append(row("in-process SavedModel", clients, *load_level(
+                                lambda: function(**tensors), clients, args.requests,
+                                args.max_seconds)))
                 for clients in levels:
-                    rows.append(row(label, clients, *load_level(
-                        None, clients, args.requests, args.max_seconds, setup)))
-            finally:
-                for client in opened:
-                    client.close()
-                process.terminate()
-                process.wait(60)
+                    if clients != single or batching:
+                        rows.append(row(label, clients, *load_level(
+                            None, clients, args.requests, args.max_seconds,
+                            served.new_call)))
 
     print(f"\n## {model} {version_path} ({base}), one-row requests over gRPC on "
           f"loopback, context {args.context!r}\n")
@@ -261,7 +296,8 @@ def main(argv=None) -> int:
         print(f"new over baseline: in-process p50 {old_row['p50'] / base_row['p50']:.2f}x "
               f"faster ({base_row['p50']:.2f} ms vs {old_row['p50']:.2f} ms)")
     print(f"\nserver overhead: p50 at {low} client(s) {off['p50'] / base_row['p50']:.2f}x the "
-          f"in-process call ({off['p50']:.2f} ms vs {base_row['p50']:.2f} ms)")
+          f"in-process call ({off['p50']:.2f} ms vs {base_row['p50']:.2f} ms; an empty gRPC "
+          f"round trip to the same server {find[(ROUND_TRIP, low)]['p50']:.2f} ms)")
     on_high = find[("towerrec serve, batching on", high)]
     off_high = find[("towerrec serve, batching off", high)]
     print(f"batching gain: throughput at {high} clients {on_high['rps'] / off_high['rps']:.2f}x "
