@@ -1,24 +1,32 @@
-"""towerrec against four baselines, trained in one run on the same saved splits.
+"""towerrec against six baselines, on the same saved splits, tuned fairly.
 
-    python benchmarks/baselines.py [--config configs/movielens.yaml]
+    python benchmarks/baselines.py [--config configs/movielens.yaml] [--seeds 42,43,44]
+        [--protocols per_user,future]
 
-Baselines (each given its best setting from a small grid, chosen per split on that split's
-own held-out data: an upper bound on what it can do; towerrec runs one fixed config):
+Two split protocols (towerrec.pipelines.splits): "per_user" (warm, cold_item, cold_user),
+run once per split seed, and "future" (one global time cut; the cut has no seed), run once.
+Each run trains towerrec (retrieval alone, and retrieve 100 then rerank with the DCN ranker
+trained in the same run) on its training split, and six baselines:
 
 * popularity: training interaction counts.
 * tfrs_basic: the TFRS basic-retrieval tutorial model, user and item id embeddings only.
 * als: implicit-feedback ALS (the `implicit` package).
+* ease: EASE (Steck 2019), closed-form item-item regression.
+* rp3beta: RP3beta (Paudel et al. 2017), a popularity-damped random walk.
 * content: frozen MiniLM; a user is the mean text embedding of their history items (a new
   user: the embedding of their context text).
 
-towerrec is judged twice: retrieval alone, and retrieve 100 then rerank with the DCN
-ranker (`towerrec train-ranker`, trained in the same run). Prints one markdown table and,
-per split, each one's ratio to the best baseline on the metrics that split is judged by.
-Writes the figures to <run_dir>/benchmark.json.
+Every baseline's setting is chosen from its grid on validation splits carved out of the
+training split the way the test was carved (`validation_splits`), by the metric each split
+is judged by, then refitted on the whole training split and measured once on the test.
+towerrec runs one fixed configuration. Prints a markdown table per run, then the mean and
+spread over the seeds, and each towerrec figure's ratio to the best baseline per split and
+metric. Writes everything to <run_dir>-benchmark.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -30,26 +38,33 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from towerrec.pipelines.config import load_config  # noqa: E402
+from item_models import ease, rp3beta  # noqa: E402
+from towerrec.pipelines.config import Config, load_config  # noqa: E402
 from towerrec.pipelines.evaluate import (  # noqa: E402
     METRIC_NOTE, evaluate_run, evaluate_scores, markdown_table, split_queries, split_size)
 from towerrec.pipelines.features import Queries  # noqa: E402
-from towerrec.pipelines.topk import DotScores  # noqa: E402
 from towerrec.pipelines.rank import train_ranker  # noqa: E402
+from towerrec.pipelines.splits import validation_splits  # noqa: E402
+from towerrec.pipelines.topk import DotScores  # noqa: E402
 from towerrec.pipelines.train import Run, train  # noqa: E402
 
 import tensorflow as tf  # noqa: E402  (after pipelines: the Keras 2 switch)
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-SPLITS = ("warm", "cold_item", "cold_user")
-# The metrics each split is judged by (issue #2).
-JUDGED = {"warm": ("recall_at_10", "ndcg_at_10"),
+# The metrics each split is judged by; the first is the one settings are chosen by.
+JUDGED = {"warm": ("ndcg_at_10", "recall_at_10"),
+          "future": ("ndcg_at_10", "recall_at_10"),
           "cold_item": ("recall_at_100",),
-          "cold_user": ("recall_at_100", "ndcg_at_10")}
+          "cold_user": ("ndcg_at_10", "recall_at_100")}
+OURS = ("towerrec", "towerrec+rerank")
 # queries -> their scores against the catalogue, as user and item vectors (DotScores):
 # evaluation scores them a chunk of users at a time, never [users, catalogue] at once.
 Scorer = Callable[[Queries], DotScores]
+# A baseline: run -> {setting: fit}, where fit() trains that setting and returns its scorer
+# (lazily: only the chosen settings are refitted on the whole training split).
+Grid = Dict[str, Callable[[], Scorer]]
 
 
 def _rows(run: Run, ids, column: str) -> np.ndarray:
@@ -57,45 +72,73 @@ def _rows(run: Run, ids, column: str) -> np.ndarray:
     return np.array([row_of[i] for i in ids])
 
 
-def popularity(run: Run) -> Dict[str, Scorer]:
-    counts = np.bincount(_rows(run, run.splits["train"]["item_id"], "item_id"),
-                         minlength=len(run.catalogue["item_id"])).astype(np.float32)
-    return {"": lambda q: DotScores(np.ones([len(q), 1], np.float32), counts[:, None])}
-
-
 def _user_index(run: Run):
     users = sorted(run.splits["train"]["user_id"].unique())
     return {u: i for i, u in enumerate(users)}
 
 
-def als(run: Run) -> Dict[str, Scorer]:
+def _interactions(run: Run):
+    """The training split as a 0/1 csr matrix [users, catalogue] and its user index."""
+    train = run.splits["train"]
+    user_of = _user_index(run)
+    matrix = sp.csr_matrix(
+        (np.ones(len(train), np.float32),
+         (train["user_id"].map(user_of).to_numpy(), _rows(run, train["item_id"], "item_id"))),
+        shape=(len(user_of), len(run.catalogue["item_id"])))
+    matrix.data = np.minimum(matrix.data, 1.0)  # duplicates count once
+    return matrix, user_of
+
+
+def popularity(run: Run) -> Grid:
+    counts = np.bincount(_rows(run, run.splits["train"]["item_id"], "item_id"),
+                         minlength=len(run.catalogue["item_id"])).astype(np.float32)
+    return {"": lambda: lambda q: DotScores(np.ones([len(q), 1], np.float32), counts[:, None])}
+
+
+def als(run: Run) -> Grid:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, "blas")  # implicit's own advice: its threads, not BLAS's
+    matrix, user_of = _interactions(run)
 
-    train = run.splits["train"]
-    user_of = _user_index(run)
-    n_items = len(run.catalogue["item_id"])
-    matrix = sp.csr_matrix(
-        (np.ones(len(train), np.float32),
-         (train["user_id"].map(user_of).to_numpy(), _rows(run, train["item_id"], "item_id"))),
-        shape=(len(user_of), n_items))
-    matrix.data = np.minimum(matrix.data, 1.0)  # duplicates count once
-    scorers = {}
-    for factors, reg, alpha in itertools.product(
-            (16, 32, 64, 128), (0.01, 0.1, 1.0, 10.0, 100.0), (1.0, 10.0, 40.0)):
+    def fit(factors, reg, alpha) -> Scorer:
         model = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha,
                                         iterations=15, random_state=0)
         model.fit(matrix, show_progress=False)
         users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
+        return lambda q: DotScores(np.stack([
+            users[user_of[u]] if u in user_of else np.zeros(users.shape[1])
+            for u in q.user_id]), items)
 
-        def score(q, users=users, items=items):
-            vectors = np.stack([users[user_of[u]] if u in user_of else np.zeros(users.shape[1])
-                                for u in q.user_id])
-            return DotScores(vectors, items)
-        scorers[f"factors={factors},reg={reg},alpha={alpha}"] = score
-    return scorers
+    return {f"factors={f},reg={r},alpha={a}": (lambda f=f, r=r, a=a: fit(f, r, a))
+            for f, r, a in itertools.product((32, 64, 128), (0.1, 1.0, 10.0, 100.0),
+                                             (1.0, 10.0, 40.0))}
+
+
+def _item_item(run: Run, weights: Callable[[sp.csr_matrix], np.ndarray]) -> Scorer:
+    """A scorer x_u @ B of item-item weights B [catalogue, catalogue] fitted on training."""
+    matrix, user_of = _interactions(run)
+    items = weights(matrix).T  # DotScores scores users @ items.T
+
+    def score(q: Queries) -> DotScores:
+        rows = np.array([user_of.get(u, -1) for u in q.user_id])
+        users = np.zeros((len(rows), matrix.shape[1]), np.float32)
+        known = rows >= 0
+        users[known] = matrix[rows[known]].toarray()
+        return DotScores(users, items)
+    return score
+
+
+def ease_baseline(run: Run) -> Grid:
+    return {f"l2={l2:g}": (lambda l2=l2: _item_item(run, lambda m: ease(m, l2)))
+            for l2 in (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)}
+
+
+def rp3beta_baseline(run: Run) -> Grid:
+    return {f"alpha={a},beta={b},neighbours={k}":
+            (lambda a=a, b=b, k=k: _item_item(run, lambda m: rp3beta(m, a, b, k)))
+            for a, b, k in itertools.product((0.5, 1.0), (0.0, 0.3, 0.6), (50, 200))}
 
 
 class _IdTwoTower(tfrs.Model):
@@ -120,69 +163,65 @@ class _IdTwoTower(tfrs.Model):
                          compute_metrics=False)
 
 
-def tfrs_basic(run: Run) -> Dict[str, Scorer]:
+def tfrs_basic(run: Run) -> Grid:
     train = run.splits["train"]
-    data = tf.data.Dataset.from_tensor_slices({
-        "user_id": train["user_id"].to_numpy().astype(str),
-        "item_id": train["item_id"].to_numpy().astype(str)})
     catalogue = tf.constant(run.catalogue["item_id"].astype(str))
-    scorers = {}
-    for dim in (32, 64):
+
+    def fit(dim, epochs) -> Scorer:
+        data = tf.data.Dataset.from_tensor_slices({
+            "user_id": train["user_id"].to_numpy().astype(str),
+            "item_id": train["item_id"].to_numpy().astype(str)})
         tf.keras.utils.set_random_seed(0)
         model = _IdTwoTower(sorted(train["user_id"].unique()),
                             sorted(train["item_id"].unique()), dim)
         model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
-        done = 0
-        for epochs in (1, 3, 6):  # the tutorial trains 3; more overfits (10, 20 were worse)
-            model.fit(data.shuffle(len(train), seed=0).batch(8192), epochs=epochs - done,
-                      verbose=0)
-            done = epochs
-            items = model.item(catalogue).numpy()
+        model.fit(data.shuffle(len(train), seed=0).batch(8192), epochs=epochs, verbose=0)
+        items = model.item(catalogue).numpy()
+        return lambda q: DotScores(model.user(tf.constant(q.user_id.astype(str))).numpy(),
+                                   items)
 
-            def score(q, model=model, items=items):
-                users = model.user(tf.constant(q.user_id.astype(str))).numpy()
-                return DotScores(users, items)
-            scorers[f"dim={dim},epochs={epochs}"] = score
-    return scorers
+    # The tutorial trains 3 epochs; more overfits (10, 20 were worse).
+    return {f"dim={d},epochs={e}": (lambda d=d, e=e: fit(d, e))
+            for d, e in itertools.product((32, 64), (1, 3, 6))}
 
 
-def content(run: Run) -> Dict[str, Scorer]:
+def content(run: Run) -> Grid:
     item_vectors = run.text_inputs.embed(run.catalogue["item_text"])
     train = run.splits["train"].sort_values("timestamp", kind="stable")
     histories = {u: _rows(run, items, "item_id")
                  for u, items in train.groupby("user_id")["item_id"]}
-    scorers = {}
-    for length in (1, 2, 5, 10, 20, 50, 10_000):
-        def score(q, length=length):
+
+    def fit(length) -> Scorer:
+        def score(q):
             context = run.text_inputs.embed(q.context_text)
             users = np.stack([
                 item_vectors[histories[u][-length:]].mean(axis=0) if u in histories
                 else context[row] for row, u in enumerate(q.user_id)])
             return DotScores(users, item_vectors)
-        scorers[f"last {length} items" if length < 10_000 else "all items"] = score
-    return scorers
+        return score
+
+    return {(f"last {n} items" if n < 10_000 else "all items"): (lambda n=n: fit(n))
+            for n in (1, 2, 5, 10, 20, 50, 10_000)}
 
 
 BASELINES = {"popularity": popularity, "tfrs_basic": tfrs_basic, "als": als,
-             "content": content}
+             "ease": ease_baseline, "rp3beta": rp3beta_baseline, "content": content}
 
 
-def best_of(scorers: Dict[str, Scorer], queries: Queries, split: str):
-    """The setting with the best first judged metric on this split."""
-    best = None
-    for setting, scorer in scorers.items():
-        metrics = evaluate_scores(scorer(queries), queries)
-        if best is None or metrics[JUDGED[split][0]] > best[1][JUDGED[split][0]]:
-            best = (setting, metrics)
-    return best
+def tune(grid: Grid, queries: Dict[str, Queries]) -> Dict[str, str]:
+    """{split: the setting with the best first judged metric on that validation split}."""
+    best: Dict[str, tuple] = {}
+    for setting, fit in grid.items():
+        scorer = fit()
+        for split, q in queries.items():
+            value = evaluate_scores(scorer(q), q)[JUDGED[split][0]]
+            if split not in best or value > best[split][1]:
+                best[split] = (setting, value)
+    return {split: setting for split, (setting, _) in best.items()}
 
 
-def main(argv: List[str] = None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="YAML config (default: built-in)")
-    args = parser.parse_args(argv)
-    config = load_config(args.config)
-
+def benchmark_run(config: Config) -> dict:
+    """One split: towerrec and every tuned baseline -> {"results", "settings", "seconds"}."""
     started = time.time()
     run = train(config)
     print(f"towerrec trained in {time.time() - started:.0f}s")
@@ -190,36 +229,120 @@ def main(argv: List[str] = None):
     started = time.time()
     results["towerrec+rerank"] = train_ranker(config, verbose=0)["retrieval+rerank"]
     print(f"ranker trained in {time.time() - started:.0f}s")
-    ours = ("towerrec", "towerrec+rerank")
-    queries = {split: split_queries(run, split) for split in SPLITS if split in run.splits}
-    settings = {}
+    tests = [s for s in run.splits if s != "train"]
+    queries = {split: split_queries(run, split) for split in tests}
+    validation = dataclasses.replace(run, splits=validation_splits(run.splits["train"],
+                                                                    config.split))
+    held_out = {split: split_queries(validation, split) for split in tests
+                if split in validation.splits and len(validation.splits[split])}
+    settings: Dict[str, Dict[str, str]] = {}
     for name, build in BASELINES.items():
         started = time.time()
-        scorers = build(run)
-        results[name], settings[name] = {}, {}
-        for split, q in queries.items():
-            settings[name][split], results[name][split] = best_of(scorers, q, split)
-            results[name][split]["users_total"] = split_size(run, split)
-        print(f"{name}: {len(scorers)} setting(s) in {time.time() - started:.0f}s; best "
-              + ", ".join(f"{s}: {v}" for s, v in settings[name].items()))
-
+        settings[name] = tune(build(validation), held_out)
+        grid, results[name] = build(run), {}
+        for setting in set(settings[name].values()):
+            scorer = grid[setting]()
+            for split in (s for s in tests if settings[name].get(s) == setting):
+                results[name][split] = evaluate_scores(scorer(queries[split]), queries[split])
+                results[name][split]["users_total"] = split_size(run, split)
+        print(f"{name}: {len(grid)} setting(s) tuned on validation in "
+              f"{time.time() - started:.0f}s; chosen " + ", ".join(
+                  f"{s}: {v}" for s, v in settings[name].items()))
     print()
     print(markdown_table(results))
     print(f"\n{METRIC_NOTE}\n")
-    verdict = {}
-    for model, split in itertools.product(ours, queries):
+    return {"results": results, "settings": settings}
+
+
+def summary(runs: List[dict]) -> Dict[str, Dict[str, Dict[str, dict]]]:
+    """{model: {split: {metric: {"mean", "min", "max", "values", "se"}}}} over the runs
+    that have the split ("se": the standard error of a single run's per-user mean)."""
+    out: Dict[str, Dict[str, Dict[str, dict]]] = {}
+    for run in runs:
+        for model, splits in run["results"].items():
+            for split, metrics in splits.items():
+                for metric in ("recall_at_10", "recall_at_100", "ndcg_at_10"):
+                    entry = out.setdefault(model, {}).setdefault(split, {}).setdefault(
+                        metric, {"values": [], "se": []})
+                    entry["values"].append(metrics[metric])
+                    entry["se"].append(metrics.get(f"{metric}_se", float("nan")))
+    for splits in out.values():
+        for metrics in splits.values():
+            for entry in metrics.values():
+                values = np.array(entry["values"])
+                entry.update(mean=float(values.mean()), min=float(values.min()),
+                             max=float(values.max()))
+    return out
+
+
+def verdicts(table: Dict[str, Dict[str, Dict[str, dict]]]) -> Dict[str, dict]:
+    """Each towerrec figure against the best baseline of its split and metric (means over
+    the seeds)."""
+    out = {}
+    baselines = [m for m in table if m not in OURS]
+    for model, split in itertools.product(OURS, JUDGED):
         for metric in JUDGED[split]:
-            best_name = max(BASELINES, key=lambda b: results[b][split][metric])
-            mine, theirs = results[model][split][metric], results[best_name][split][metric]
-            verdict[f"{model}/{split}/{metric}"] = {
-                model: mine, "best_baseline": best_name, "baseline": theirs,
-                "ratio": mine / theirs if theirs else float("inf")}
-            print(f"{model:15s} {split:9s} {metric:13s} {mine:.4f} vs {best_name} "
-                  f"{theirs:.4f}  ratio {mine / theirs:.3f}  "
-                  f"{'BEATS' if mine > theirs else 'BEHIND'}")
-    out = config.run_path / "benchmark.json"
-    out.write_text(json.dumps({"results": results, "settings": settings,
-                               "verdict": verdict}, indent=2))
+            if split not in table.get(model, {}):
+                continue
+            best = max((b for b in baselines if split in table[b]),
+                       key=lambda b: table[b][split][metric]["mean"])
+            mine, theirs = table[model][split][metric], table[best][split][metric]
+            ratio = mine["mean"] / theirs["mean"] if theirs["mean"] else float("inf")
+            out[f"{model}/{split}/{metric}"] = {"ratio": ratio, "best_baseline": best,
+                                                 model: mine, "baseline": theirs}
+            print(f"{model:15s} {split:9s} {metric:13s} {_figure(mine)} vs {best} "
+                  f"{_figure(theirs)}  ratio {ratio:.3f}  "
+                  f"{'BEATS' if mine['mean'] > theirs['mean'] else 'BEHIND'}")
+    return out
+
+
+def _figure(entry: dict) -> str:
+    """0.1234 ± 0.0050 (one run: its standard error) or 0.1234 [0.1200-0.1270] (seeds)."""
+    if len(entry["values"]) == 1:
+        return f"{entry['mean']:.4f} ± {entry['se'][0]:.4f}"
+    return (f"{entry['mean']:.4f} [{entry['min']:.4f}-{entry['max']:.4f}] "
+            f"(SE ~{float(np.nanmean(entry['se'])):.4f})")
+
+
+def summary_table(table: Dict[str, Dict[str, Dict[str, dict]]]) -> str:
+    lines = ["| model | split | Recall@10 | Recall@100 | NDCG@10 |", "|---|---|---|---|---|"]
+    for split in JUDGED:
+        for model in table:
+            if split in table[model]:
+                cells = [_figure(table[model][split][m])
+                         for m in ("recall_at_10", "recall_at_100", "ndcg_at_10")]
+                lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: List[str] = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="YAML config (default: built-in)")
+    parser.add_argument("--seeds", default="42,43,44", help="split seeds (per_user)")
+    parser.add_argument("--protocols", default="per_user,future")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    started = time.time()
+    runs = []
+    for protocol in args.protocols.split(","):
+        seeds = [int(s) for s in args.seeds.split(",")] if protocol == "per_user" else [None]
+        for seed in seeds:
+            name = protocol + (f"-seed{seed}" if seed is not None else "")
+            print(f"\n## {name}\n", flush=True)
+            split = dataclasses.replace(config.split, protocol=protocol,
+                                        seed=config.split.seed if seed is None else seed)
+            one = dataclasses.replace(config, split=split,
+                                      run_dir=f"{config.run_dir}-benchmark/{name}")
+            runs.append({"name": name, **benchmark_run(one)})
+    table = summary(runs)
+    print(f"\n## Over {len(runs)} run(s) ({time.time() - started:.0f} s): mean [min-max] over "
+          "the split seeds; one run: ± its standard error\n")
+    print(summary_table(table))
+    print()
+    verdict = verdicts(table)
+    out = Path(f"{config.run_dir}-benchmark.json")
+    out.write_text(json.dumps({"runs": runs, "summary": table, "verdict": verdict},
+                              indent=2))
     print(f"\nwrote {out}")
 
 

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from towerrec.pipelines.config import load_config
-from towerrec.pipelines.splits import get_splits, load_splits, make_splits
+from towerrec.pipelines.splits import (future_split, get_splits, load_splits, make_splits,
+                                      validation_splits)
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,51 @@ def test_explicit_train_and_test_files(movielens, splits, tmp_path):
         pd.testing.assert_series_equal(given[name]["timestamp"],
                                        splits[name if name == "train" else "warm"]["timestamp"],
                                        check_names=False)
+
+
+@pytest.fixture(scope="module")
+def future(movielens):
+    return make_splits(movielens, load_config(None, {"split.protocol": "future"}))
+
+
+def test_the_future_split_trains_on_nothing_after_the_cut(future, movielens):
+    train, test = future["train"], future["future"]
+    assert set(future) == {"train", "future"}
+    assert len(train) == len(movielens.interactions) - int(len(movielens.interactions) * 0.2)
+    assert train["timestamp"].max() <= test["timestamp"].min()
+    # Every interaction after the cut is in the test, unless its user or item is new there.
+    after = len(movielens.interactions) - len(train)
+    assert 0 < len(test) <= after
+
+
+def test_the_future_split_tests_only_users_and_items_seen_before_the_cut(future):
+    train, test = future["train"], future["future"]
+    assert set(test["user_id"]) <= set(train["user_id"])
+    assert set(test["item_id"]) <= set(train["item_id"])
+    assert 50 <= test["user_id"].nunique() <= 300  # about a hundred on MovieLens-100K
+
+
+def test_the_future_cut_breaks_ties_in_time_the_same_way_every_time(movielens):
+    shuffled = movielens.interactions.sample(frac=1.0, random_state=3)
+    tied = shuffled.assign(timestamp=shuffled["timestamp"] // 10**6)  # many equal times
+    first = future_split(tied, 0.2)
+    again = future_split(tied.sample(frac=1.0, random_state=4), 0.2)
+    for name in first:
+        pd.testing.assert_frame_equal(first[name], again[name])
+
+
+def test_validation_is_carved_from_training_as_the_test_was(future, splits):
+    carved = validation_splits(future["train"], load_config(
+        None, {"split.protocol": "future"}).split)
+    assert set(carved) == {"train", "future"}
+    assert carved["train"]["timestamp"].max() <= carved["future"]["timestamp"].min()
+    assert carved["future"]["timestamp"].max() <= future["train"]["timestamp"].max()
+    per_user = validation_splits(splits["train"], load_config(None).split)
+    assert set(per_user) == {"train", "warm", "cold_item", "cold_user"}
+    assert sum(len(f) for f in per_user.values()) == len(splits["train"])
+
+
+def test_an_unknown_protocol_is_refused():
+    from towerrec.pipelines.config import ConfigError
+    with pytest.raises(ConfigError, match="split.protocol: 'tomorrow' is not one of"):
+        load_config(None, {"split.protocol": "tomorrow"})

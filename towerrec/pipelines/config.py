@@ -83,16 +83,30 @@ class DataConfig:
                               f"{', '.join([*SYNTHETIC_SIZES, CUSTOM_SIZE])}")
 
 
+SPLIT_PROTOCOLS = ("per_user", "future")
+
+
 @dataclasses.dataclass
 class SplitConfig:
+    # "per_user": warm (each user's last share in time), cold_item and cold_user splits.
+    # "future": one global time cut; the test is what known users do with known items
+    # after it (towerrec.pipelines.splits).
+    protocol: str = "per_user"
     seed: int = 42
     cold_user_fraction: float = setting(0.1, **FRACTION)
     cold_item_fraction: float = setting(0.1, **FRACTION)
     # Per user (warm split): the last fraction of interactions, in time, is held out.
     warm_test_fraction: float = setting(0.2, above=0.0, below=1.0)
+    # "future": the last fraction of all interactions, in time, lies after the cut.
+    future_fraction: float = setting(0.2, above=0.0, below=1.0)
     # Optional explicit files (same schema as the interactions) instead of a random split.
     train_file: str = ""
     test_files: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.protocol not in SPLIT_PROTOCOLS:
+            raise ConfigError(f"split.protocol: {self.protocol!r} is not one of "
+                              f"{', '.join(SPLIT_PROTOCOLS)}")
 
 
 @dataclasses.dataclass

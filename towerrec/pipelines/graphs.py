@@ -257,7 +257,8 @@ class Ranking(tf.Module):
     def score(self, request, query, rows):
         """Ranker scores [n, k] of catalogue rows [n, k] for the request's query [n, d]."""
         embeddings = tf.gather(self.retrieval.candidate_embeddings, tf.maximum(rows, 0))
-        retrieval_scores = tf.einsum("nd,nkd->nk", query, embeddings)
+        retrieval_scores = tf.reduce_sum(query[:, None, :] * tf.cast(embeddings, query.dtype),
+                                         axis=2)
         features = self.features(self.retrieval.query.history_rows(request), rows,
                                  retrieval_scores)
         scores = self.ranker(features, training=False)

@@ -1,13 +1,25 @@
-"""Seeded, saved splits: warm (per-user temporal), cold-item and cold-user.
+"""Seeded, saved splits, by one of two protocols (`split.protocol`).
+
+"per_user" (the default):
 
 * cold_user: every interaction of a random fraction of users; those users never train.
 * cold_item: every interaction (of the remaining users) with a random fraction of items;
   those items never train.
 * warm: for each remaining user, the last fraction of their interactions in time.
 * train: the rest.
+
+"future" (leave the future out, as a deployed recommender lives):
+
+* train: every interaction before one global time cut, the first (1 - future_fraction) of
+  all interactions in time (ties in time broken by user and item id).
+* future: the interactions after the cut of users and items that appear before it.
+
+`validation_splits` carves the same held-out splits out of the training data, so that
+settings are chosen without looking at the test.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Dict
@@ -15,21 +27,36 @@ from typing import Dict
 import numpy as np
 import pandas as pd
 
-from towerrec.pipelines.config import Config
+from towerrec.pipelines.config import Config, SplitConfig
 from towerrec.pipelines.data import (Dataset, DataError, id_column, numeric_column,
                                     read_table, text_column,
                                     timestamp_column)
 
-SPLIT_NAMES = ("warm", "cold_item", "cold_user")
-
-
 def make_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
-    """Returns {"train": ..., "warm": ..., "cold_item": ..., "cold_user": ...}."""
-    split = config.split
-    if split.train_file:
+    """Returns {"train": ..., and the held-out splits of `split.protocol`} (or of the
+    explicit split files)."""
+    if config.split.train_file:
         return _explicit_splits(dataset, config)
+    return carve(dataset.interactions, config.split)
+
+
+def carve(interactions: pd.DataFrame, split: SplitConfig) -> Dict[str, pd.DataFrame]:
+    """{"train": ..., held-out splits} of `interactions` by the protocol of `split`."""
+    if split.protocol == "future":
+        return future_split(interactions, split.future_fraction)
+    return per_user_splits(interactions, split)
+
+
+def validation_splits(train: pd.DataFrame, split: SplitConfig) -> Dict[str, pd.DataFrame]:
+    """The training data carved as the test was (another seed for the random choices):
+    {"train": what a model tuned on it trains on, held-out splits to choose settings by}."""
+    return carve(train, dataclasses.replace(split, seed=split.seed + 1))
+
+
+def per_user_splits(interactions: pd.DataFrame, split: SplitConfig
+                    ) -> Dict[str, pd.DataFrame]:
     rng = np.random.default_rng(split.seed)
-    inter = dataset.interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    inter = interactions.sort_values(["user_id", "timestamp"], kind="stable")
 
     users = np.sort(inter["user_id"].unique())
     cold_users = set(rng.choice(users, int(round(len(users) * split.cold_user_fraction)),
@@ -48,6 +75,22 @@ def make_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
         "cold_item": inter[is_cold_item].reset_index(drop=True),
         "cold_user": inter[is_cold_user].reset_index(drop=True),
     }
+
+
+def future_split(interactions: pd.DataFrame, fraction: float) -> Dict[str, pd.DataFrame]:
+    """One global time cut: {"train": the first (1 - fraction) of the interactions in time,
+    "future": the rest, kept to users and items of "train"}. Ties in time are ordered by
+    user and item id, so the cut is the same on every run."""
+    ordered = interactions.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
+    cut = len(ordered) - int(np.floor(len(ordered) * fraction))
+    if cut <= 0 or cut >= len(ordered):
+        raise DataError(f"split.future_fraction {fraction} leaves no interaction on one side "
+                        f"of the cut ({len(ordered)} interactions)")
+    train, after = ordered.iloc[:cut], ordered.iloc[cut:]
+    known = after["user_id"].isin(set(train["user_id"])) & after["item_id"].isin(
+        set(train["item_id"]))
+    return {"train": train.reset_index(drop=True),
+            "future": after[known].reset_index(drop=True)}
 
 
 def hold_out_last(interactions: pd.DataFrame, fraction: float):

@@ -197,25 +197,30 @@ class _SteadyThroughput(tf.keras.callbacks.Callback):
         self._since = None
 
 
-class _EpochEvaluation(tf.keras.callbacks.Callback):
-    """After each epoch: warm-split metrics in the log line and in TensorBoard."""
+# The held-out splits of known users evaluated after every epoch, when the run has them.
+EPOCH_SPLITS = ("warm", "future")
 
-    def __init__(self, run: Run, log_dir: Path):
+
+class _EpochEvaluation(tf.keras.callbacks.Callback):
+    """After each epoch: a held-out split's metrics in the log line and in TensorBoard."""
+
+    def __init__(self, run: Run, log_dir: Path, split: str):
         super().__init__()
         self.run = run
+        self.split = split
         self.writer = tf.summary.create_file_writer(str(log_dir / "evaluation"))
 
     def on_epoch_end(self, epoch, logs=None):
         from towerrec.pipelines.evaluate import evaluate_split
         if not np.isfinite((logs or {}).get("loss", 0.0)):
             return  # a diverged model: training stops (TerminateOnNaN), nothing to measure
-        with stage("evaluate warm after an epoch"):
-            metrics = outside_strategy(evaluate_split, self.run, "warm")
+        with stage(f"evaluate {self.split} after an epoch"):
+            metrics = outside_strategy(evaluate_split, self.run, self.split)
         with self.writer.as_default():
             for name in ("recall_at_10", "recall_at_100", "ndcg_at_10"):
-                tf.summary.scalar(f"warm/{name}", metrics[name], step=epoch)
+                tf.summary.scalar(f"{self.split}/{name}", metrics[name], step=epoch)
                 if logs is not None:
-                    logs[f"warm_{name}"] = metrics[name]
+                    logs[f"{self.split}_{name}"] = metrics[name]
 
 
 def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
@@ -260,8 +265,8 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
             on_epoch_end=lambda epoch, logs: np.isfinite((logs or {}).get("loss", 0.0))
             and manager.save()),
     ]
-    if "warm" in run.splits:
-        callbacks.insert(0, _EpochEvaluation(run, log_dir))
+    for split in (s for s in EPOCH_SPLITS if s in run.splits):
+        callbacks.insert(0, _EpochEvaluation(run, log_dir, split))
     # First: a NaN loss stops training at once, before anything evaluates or saves.
     callbacks.insert(0, tf.keras.callbacks.TerminateOnNaN())
     epochs = epochs or t.epochs

@@ -146,3 +146,9 @@ def numeric_stats(values: np.ndarray):
     if len(values) == 0:
         return 0.0, 1.0
     return float(values.mean()), float(values.std() or 1.0)
+
+
+def weighted_mean(weights, values):
+    """weights [b, h], values [b, h, d] -> [b, d]. A multiply and a sum: tf.einsum costs
+    a contraction's set-up (about 0.1-0.3 ms a call on CPU) for these few numbers."""
+    return tf.reduce_sum(weights[:, :, None] * tf.cast(values, weights.dtype), axis=1)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from towerrec.towers.features import (MASK_INDEX, OOV_INDEX, TEXT_TABLE_DTYPE, TextVector,
                                       drop_to_oov, host_variable, mlp, string_lookup,
-                                      unit_rows)
+                                      unit_rows, weighted_mean)
 
 
 class QueryFeatures(tf.keras.layers.Layer):
@@ -106,8 +106,8 @@ class QueryTower(tf.keras.Model):
             present *= tf.cast(keep, tf.float32)
         count = tf.reduce_sum(present, axis=1, keepdims=True)
         weights = present / tf.maximum(count, 1.0)
-        history_ids = tf.einsum("bh,bhd->bd", weights, self.item_id_embedding(history))
-        history_text = tf.einsum("bh,bhd->bd", weights, inputs["history_text"])
+        history_ids = weighted_mean(weights, self.item_id_embedding(history))
+        history_text = weighted_mean(weights, inputs["history_text"])
 
         x = tf.concat([
             self.user_embedding(user), history_ids, history_text,

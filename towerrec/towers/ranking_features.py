@@ -13,7 +13,7 @@ import numpy as np
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 
-from towerrec.towers.features import NO_ROW, TEXT_TABLE_DTYPE, host_variable
+from towerrec.towers.features import NO_ROW, TEXT_TABLE_DTYPE, host_variable, weighted_mean
 
 NUM_FEATURES = 13
 
@@ -97,12 +97,12 @@ class RankingFeatures(tf.Module):
                                tf.shape(scores))
 
         attributes = self._gather(self.attributes, candidate_rows)         # [n, k, a]
-        history_attributes = tf.einsum("nh,nha->na", mean_weights,
-                                       self._gather(self.attributes, history_rows))
+        history_attributes = weighted_mean(mean_weights,
+                                           self._gather(self.attributes, history_rows))
         text = tf.cast(self._gather(self.text, candidate_rows), tf.float32)  # [n, k, t]
         history_text = tf.cast(self._gather(self.text, history_rows), tf.float32)  # [n, h, t]
-        similarity = tf.einsum("nkt,nht->nkh", text, history_text)
-        text_mean = tf.einsum("nkh,nh->nk", similarity, mean_weights)
+        similarity = tf.matmul(text, history_text, transpose_b=True)       # [n, k, h]
+        text_mean = tf.reduce_sum(similarity * mean_weights[:, None, :], axis=2)
         text_max = tf.reduce_max(similarity + (present[:, None, :] - 1.0) * 2.0, axis=2)
         text_max = tf.where(count > 0, text_max, 0.0)
 
@@ -111,8 +111,8 @@ class RankingFeatures(tf.Module):
         weights = self._gather(self.neighbour_weights, history_rows)        # [n, h, m]
         match = tf.cast(candidate_rows[:, :, None, None] == neighbours[:, None, :, :],
                         tf.float32)                                          # [n, k, h, m]
-        cooccurrence = tf.einsum("nkhm,nhm->nkh", match, weights)
-        cooc_mean = tf.einsum("nkh,nh->nk", cooccurrence, mean_weights)
+        cooccurrence = tf.reduce_sum(match * weights[:, None, :, :], axis=3)  # [n, k, h]
+        cooc_mean = tf.reduce_sum(cooccurrence * mean_weights[:, None, :], axis=2)
         recent = tf.cast(tf.range(tf.shape(history_rows)[1]) >=
                          tf.shape(history_rows)[1] - self.RECENT, tf.float32)
         cooc_recent = tf.reduce_max(cooccurrence * recent[None, None, :], axis=2)
@@ -122,7 +122,7 @@ class RankingFeatures(tf.Module):
         is_new = tf.cast(popularity <= 0, tf.float32)
         history_length = tf.broadcast_to(tf.math.log1p(count), tf.shape(scores))
 
-        attribute_overlap = tf.einsum("nka,na->nk", attributes, history_attributes)
+        attribute_overlap = tf.reduce_sum(attributes * history_attributes[:, None, :], axis=2)
         has_history = tf.cast(count > 0, tf.float32) * tf.ones_like(scores)
         return tf.stack([z_score, gap, rank, text_mean, text_max, attribute_overlap,
                          cooc_mean, cooc_recent, popularity, recent_popularity, is_new,
