@@ -99,13 +99,13 @@ def als(run: Run) -> Grid:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1, "blas")  # implicit's own advice: its threads, not BLAS's
     matrix, user_of = _interactions(run)
 
     def fit(factors, reg, alpha) -> Scorer:
         model = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha,
                                         iterations=15, random_state=0)
-        model.fit(matrix, show_progress=False)
+        with threadpool_limits(1, "blas"):  # implicit's own advice: its threads, not BLAS's
+            model.fit(matrix, show_progress=False)
         users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
         return lambda q: DotScores(np.stack([
             users[user_of[u]] if u in user_of else np.zeros(users.shape[1])
@@ -206,6 +206,15 @@ def content(run: Run) -> Grid:
 
 BASELINES = {"popularity": popularity, "tfrs_basic": tfrs_basic, "als": als,
              "ease": ease_baseline, "rp3beta": rp3beta_baseline, "content": content}
+# What a baseline cannot score: an id or item-item model has nothing for a new user (all
+# items tie, and ties fall to the catalogue's first rows) or a new item (its score is a
+# constant, not a judgement). Those cells are left out, not reported as figures.
+UNSCORED = {"tfrs_basic": ("cold_item", "cold_user"), "als": ("cold_item", "cold_user"),
+            "ease": ("cold_item", "cold_user"), "rp3beta": ("cold_item", "cold_user")}
+
+
+def scored(name: str, split: str) -> bool:
+    return split not in UNSCORED.get(name, ())
 
 
 def tune(grid: Grid, queries: Dict[str, Queries]) -> Dict[str, str]:
@@ -238,7 +247,8 @@ def benchmark_run(config: Config) -> dict:
     settings: Dict[str, Dict[str, str]] = {}
     for name, build in BASELINES.items():
         started = time.time()
-        settings[name] = tune(build(validation), held_out)
+        settings[name] = tune(build(validation),
+                              {k: q for k, q in held_out.items() if scored(name, k)})
         grid, results[name] = build(run), {}
         for setting in set(settings[name].values()):
             scorer = grid[setting]()
@@ -260,7 +270,7 @@ def summary(runs: List[dict]) -> Dict[str, Dict[str, Dict[str, dict]]]:
     out: Dict[str, Dict[str, Dict[str, dict]]] = {}
     for run in runs:
         for model, splits in run["results"].items():
-            for split, metrics in splits.items():
+            for split, metrics in ((k, v) for k, v in splits.items() if scored(model, k)):
                 for metric in ("recall_at_10", "recall_at_100", "ndcg_at_10"):
                     entry = out.setdefault(model, {}).setdefault(split, {}).setdefault(
                         metric, {"values": [], "se": []})
@@ -282,17 +292,21 @@ def verdicts(table: Dict[str, Dict[str, Dict[str, dict]]]) -> Dict[str, dict]:
     baselines = [m for m in table if m not in OURS]
     for model, split in itertools.product(OURS, JUDGED):
         for metric in JUDGED[split]:
-            if split not in table.get(model, {}):
+            candidates = [b for b in baselines if split in table[b]]
+            if split not in table.get(model, {}) or not candidates:
                 continue
-            best = max((b for b in baselines if split in table[b]),
-                       key=lambda b: table[b][split][metric]["mean"])
+            best = max(candidates, key=lambda b: table[b][split][metric]["mean"])
             mine, theirs = table[model][split][metric], table[best][split][metric]
             ratio = mine["mean"] / theirs["mean"] if theirs["mean"] else float("inf")
+            # Two standard errors of the difference (of one run's per-user means).
+            noise = 2 * float(np.hypot(np.nanmean(mine["se"]), np.nanmean(theirs["se"])))
+            word = ("within noise" if abs(mine["mean"] - theirs["mean"]) < noise
+                    else "BEATS" if mine["mean"] > theirs["mean"] else "BEHIND")
             out[f"{model}/{split}/{metric}"] = {"ratio": ratio, "best_baseline": best,
-                                                 model: mine, "baseline": theirs}
+                                                 model: mine, "baseline": theirs,
+                                                 "verdict": word}
             print(f"{model:15s} {split:9s} {metric:13s} {_figure(mine)} vs {best} "
-                  f"{_figure(theirs)}  ratio {ratio:.3f}  "
-                  f"{'BEATS' if mine['mean'] > theirs['mean'] else 'BEHIND'}")
+                  f"{_figure(theirs)}  ratio {ratio:.3f}  {word}")
     return out
 
 
@@ -320,8 +334,14 @@ def main(argv: List[str] = None):
     parser.add_argument("--config", default=None, help="YAML config (default: built-in)")
     parser.add_argument("--seeds", default="42,43,44", help="split seeds (per_user)")
     parser.add_argument("--protocols", default="per_user,future")
+    parser.add_argument("--summarize", default=None, metavar="JSON",
+                        help="only print the summary and verdicts of an earlier run's JSON")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    out = Path(f"{config.run_dir}-benchmark.json")
+    if args.summarize:
+        report(json.loads(Path(args.summarize).read_text())["runs"], None)
+        return
     started = time.time()
     runs = []
     for protocol in args.protocols.split(","):
@@ -334,16 +354,22 @@ def main(argv: List[str] = None):
             one = dataclasses.replace(config, split=split,
                                       run_dir=f"{config.run_dir}-benchmark/{name}")
             runs.append({"name": name, **benchmark_run(one)})
-    table = summary(runs)
-    print(f"\n## Over {len(runs)} run(s) ({time.time() - started:.0f} s): mean [min-max] over "
-          "the split seeds; one run: ± its standard error\n")
-    print(summary_table(table))
-    print()
-    verdict = verdicts(table)
-    out = Path(f"{config.run_dir}-benchmark.json")
+            out.write_text(json.dumps({"runs": runs}, indent=2))  # kept if a later one fails
+    table, verdict = report(runs, time.time() - started)
     out.write_text(json.dumps({"runs": runs, "summary": table, "verdict": verdict},
                               indent=2))
     print(f"\nwrote {out}")
+
+
+def report(runs: List[dict], seconds):
+    """Prints the summary table and the verdicts of `runs`; returns both."""
+    table = summary(runs)
+    took = f" ({seconds:.0f} s)" if seconds is not None else ""
+    print(f"\n## Over {len(runs)} run(s){took}: mean [min-max] over the split seeds; one "
+          "run: ± its standard error\n")
+    print(summary_table(table))
+    print()
+    return table, verdicts(table)
 
 
 if __name__ == "__main__":

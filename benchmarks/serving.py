@@ -202,6 +202,13 @@ class Served:
         self.process.wait(60)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def row(label: str, clients: int, latencies: List[float], seconds: float) -> dict:
     ms = np.array(latencies) * 1000
     return {"label": label, "clients": clients, "requests": len(ms),
@@ -214,14 +221,15 @@ def main(argv=None) -> int:
     parser.add_argument("--model-base-path", default="models")
     parser.add_argument("--model", default=None,
                         help="default: recommender, else retrieval_brute_force")
-    parser.add_argument("--clients", default="1,8,32", help="concurrency levels")
+    parser.add_argument("--clients", default="1,8,32",
+                        help="concurrency levels (one client is measured in turns always)")
     parser.add_argument("--requests", type=int, default=400, help="per level")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="per level")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-micros", type=int, default=2000)
     parser.add_argument("--baseline-model-base-path", default=None,
                         help="exports to compare with in process (e.g. an earlier commit's)")
-    parser.add_argument("--block", type=int, default=10,
+    parser.add_argument("--block", type=positive_int, default=10,
                         help="one client: consecutive calls of each path per turn")
     parser.add_argument("--context", default=CONTEXT, help="the requests' context text")
     args = parser.parse_args(argv)
@@ -240,7 +248,7 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     tensors = {k: tf.constant(v) for k, v in request.items()}
-    single = min(levels)
+    single = 1  # the calls that take turns: one client, serially
     function = tf.saved_model.load(str(version_path)).signatures["serving_default"]
     calls = {"in-process SavedModel": lambda: function(**tensors)}
     encode = encoder_call(version_path, args.context)
@@ -271,7 +279,7 @@ def main(argv=None) -> int:
                                 lambda: function(**tensors), clients, args.requests,
                                 args.max_seconds)))
                 for clients in levels:
-                    if clients != single or batching:
+                    if clients != single or batching:  # off at 1: measured in turns
                         rows.append(row(label, clients, *load_level(
                             None, clients, args.requests, args.max_seconds,
                             served.new_call)))
@@ -284,7 +292,7 @@ def main(argv=None) -> int:
         print(f"| {r['label']} | {r['clients']} | {r['requests']} | {r['p50']:.2f} | "
               f"{r['p99']:.2f} | {r['rps']:.0f} |")
     find = {(r["label"], r["clients"]): r for r in rows}
-    low, high = min(levels), max(levels)
+    low, high = single, max(levels)
     off = find[("towerrec serve, batching off", low)]
     base_row = find[("in-process SavedModel", low)]
     encoder = find.get(("encoder alone (the context)", low))

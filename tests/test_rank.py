@@ -96,3 +96,13 @@ def test_saved_ranker_scores_as_the_trained_one(run, trained_ranker):
     assert set(results["retrieval+rerank"]) == {"warm", "cold_item", "cold_user"}
     assert (results["retrieval+rerank"]["cold_item"]
             == results["retrieval"]["cold_item"])  # cold items keep their slots
+
+
+def test_weighted_mean_is_the_contraction_it_replaced():
+    from towerrec.towers.features import weighted_mean
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.random((3, 5)), tf.float32)
+    for dtype in (tf.float32, tf.float16):  # the text tables are float16
+        values = tf.constant(rng.standard_normal((3, 5, 7)), dtype)
+        expected = tf.einsum("bh,bhd->bd", weights, tf.cast(values, tf.float32))
+        np.testing.assert_allclose(weighted_mean(weights, values), expected, atol=1e-5)

@@ -1,6 +1,7 @@
 """Split invariants on real MovieLens-100K."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -122,3 +123,18 @@ def test_an_unknown_protocol_is_refused():
     from towerrec.pipelines.config import ConfigError
     with pytest.raises(ConfigError, match="split.protocol: 'tomorrow' is not one of"):
         load_config(None, {"split.protocol": "tomorrow"})
+
+
+def test_a_future_query_is_the_history_before_the_cut_and_the_first_context_after(future):
+    from towerrec.pipelines.features import evaluation_queries
+    train, test = future["train"], future["future"]
+    user = test["user_id"].iloc[0]
+    catalogue = np.array(sorted(set(train["item_id"]) | set(test["item_id"])), dtype=object)
+    queries = evaluation_queries(test[test["user_id"] == user], train, catalogue, 20,
+                                 known_users=True)
+    before = train[train["user_id"] == user].sort_values("timestamp", kind="stable")
+    after = test[test["user_id"] == user].sort_values("timestamp", kind="stable")
+    assert list(queries.user_id) == [user]
+    assert [h for h in queries.history[0] if h] == list(before["item_id"])[-20:]
+    assert queries.context_text[0] == after["context_text"].iloc[0]
+    assert sorted(catalogue[queries.targets[0]]) == sorted(after["item_id"])

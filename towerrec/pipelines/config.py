@@ -199,7 +199,7 @@ class RetrainConfig:
     # The gate: each gate split's NDCG@10 may fall at most this fraction below the
     # published model's on the same holdout, or nothing is published.
     tolerance: float = setting(0.05, at_least=0.0, at_most=1.0)
-    gate_splits: List[str] = dataclasses.field(default_factory=lambda: ["warm", "recent"])
+    gate_splits: List[str] = dataclasses.field(default_factory=lambda: ["warm", "future", "recent"])
     # Versions kept per model in the model base path (older ones are deleted).
     keep_versions: int = setting(5, at_least=1)
 

@@ -74,7 +74,8 @@ def served_version(model_dir: Path) -> Optional[Path]:
 @contextmanager
 def exclusive(base_path: Path, create: bool = True):
     """Holds the base path's lock (the kernel drops it if the holder is killed); re-entrant
-    within a thread (another thread waits its turn like another process). Then recovers what a killed writer left."""
+    within a thread, refused to another thread as to another process. Then recovers what
+    a killed writer left."""
     base_path = Path(base_path)
     key = base_path.resolve()
     if key in _held():

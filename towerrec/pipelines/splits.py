@@ -79,8 +79,9 @@ def per_user_splits(interactions: pd.DataFrame, split: SplitConfig
 
 def future_split(interactions: pd.DataFrame, fraction: float) -> Dict[str, pd.DataFrame]:
     """One global time cut: {"train": the first (1 - fraction) of the interactions in time,
-    "future": the rest, kept to users and items of "train"}. Ties in time are ordered by
-    user and item id, so the cut is the same on every run."""
+    "future": the rest, kept to users and items of "train" and to pairs the user had not
+    had before (those are excluded from the ranking, so they could never be found)}. Ties
+    in time are ordered by user and item id, so the cut is the same on every run."""
     ordered = interactions.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
     cut = len(ordered) - int(np.floor(len(ordered) * fraction))
     if cut <= 0 or cut >= len(ordered):
@@ -89,6 +90,8 @@ def future_split(interactions: pd.DataFrame, fraction: float) -> Dict[str, pd.Da
     train, after = ordered.iloc[:cut], ordered.iloc[cut:]
     known = after["user_id"].isin(set(train["user_id"])) & after["item_id"].isin(
         set(train["item_id"]))
+    had = pd.MultiIndex.from_frame(train[["user_id", "item_id"]])
+    known &= ~pd.MultiIndex.from_frame(after[["user_id", "item_id"]]).isin(had)
     return {"train": train.reset_index(drop=True),
             "future": after[known].reset_index(drop=True)}
 
