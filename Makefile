@@ -34,6 +34,7 @@ demo: setup
 	BIN=$(BIN) MODELS=$(MODELS) scripts/serve_and_query.sh
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 benchmark: setup

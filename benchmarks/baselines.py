@@ -40,10 +40,15 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from item_models import ease, rp3beta  # noqa: E402
 from towerrec.pipelines.config import Config, load_config  # noqa: E402
 from towerrec.pipelines.evaluate import (  # noqa: E402
-    METRIC_NOTE, evaluate_run, evaluate_scores, markdown_table, split_queries, split_size)
+    METRIC_NOTE,
+    evaluate_run,
+    evaluate_scores,
+    markdown_table,
+    split_queries,
+    split_size,
+)
 from towerrec.pipelines.features import Queries  # noqa: E402
 from towerrec.pipelines.rank import train_ranker  # noqa: E402
 from towerrec.pipelines.splits import validation_splits  # noqa: E402
@@ -52,6 +57,7 @@ from towerrec.pipelines.train import Run, train  # noqa: E402
 
 import tensorflow as tf  # noqa: E402  (after pipelines: the Keras 2 switch)
 import tensorflow_recommenders as tfrs  # noqa: E402
+from item_models import ease, rp3beta  # noqa: E402
 
 # The metrics each split is judged by; the first is the one settings are chosen by.
 JUDGED = {"warm": ("ndcg_at_10", "recall_at_10"),

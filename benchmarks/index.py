@@ -20,10 +20,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from towerrec.pipelines.config import load_config  # noqa: E402
-from towerrec.pipelines.evaluate import (  # noqa: E402
-    candidate_embeddings, query_embeddings, split_queries)
+from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, split_queries  # noqa: E402
 from towerrec.pipelines.index import (  # noqa: E402
-    exact_top_k, recall_against_exact, scann_builder, scann_settings)
+    exact_top_k,
+    recall_against_exact,
+    scann_builder,
+    scann_settings,
+)
 from towerrec.pipelines.train import load_run  # noqa: E402
 
 K = 10
@@ -62,8 +65,8 @@ def compare(name: str, items: np.ndarray, queries: np.ndarray, sweep=(None,)):
     rows = []
     for leaves in sweep:
         (found, _), seconds = timed(
-            lambda: searcher.search_batched(queries, final_num_neighbors=K,
-                                            leaves_to_search=leaves), repeats=2)
+            lambda leaves=leaves: searcher.search_batched(queries, final_num_neighbors=K,
+                                                          leaves_to_search=leaves), repeats=2)
         recall = recall_against_exact(np.asarray(found), exact)
         qps = len(queries) / seconds
         rows.append((leaves, recall, qps / exact_qps))

@@ -1009,9 +1009,10 @@ def measure_latency(address: str, base: Path, model: str, clients: Sequence[int]
     """p50/p99 and req/s of one-row requests (the version's warm-up request's first row),
     one gRPC channel per client thread (benchmarks/serving.py's load generator)."""
     sys.path.insert(0, str(BENCHMARKS))
-    from serving import load_level, one_row_request, row
     from towerrec.serving.client import RecommenderClient
     from towerrec.serving.manager import versions_on_disk
+
+    from serving import load_level, one_row_request, row
 
     versions = versions_on_disk(base / model)
     request = one_row_request(base / model / versions[max(versions)])
@@ -1021,7 +1022,7 @@ def measure_latency(address: str, base: Path, model: str, clients: Sequence[int]
     for count in clients:
         opened: List[RecommenderClient] = []
 
-        def setup():
+        def setup(opened=opened):
             client = RecommenderClient(address, timeout=60)
             opened.append(client)
             return lambda: client.predict(model, request)
@@ -1042,12 +1043,13 @@ def measure_latency(address: str, base: Path, model: str, clients: Sequence[int]
 def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
     """ScaNN (the index `towerrec index` built) against exact search on the trained
     embeddings, queries of held-out users. Writes the JSON result."""
-    import numpy as np
     import towerrec  # noqa: F401  (before TensorFlow)
     from towerrec.pipelines.config import load_config
     from towerrec.pipelines.evaluate import query_embeddings, split_queries
     from towerrec.pipelines.index import INDEX_DIR, Index
     from towerrec.pipelines.train import load_run
+
+    import numpy as np
 
     config = load_config(config_path, {"evaluation.max_users": num_queries})
     run = load_run(config)
@@ -1064,10 +1066,10 @@ def compare_with_exact(index, queries) -> dict:
     """Recall@10 against exact search and QPS over exact search's, of a built
     towerrec.pipelines.index.Index at its own setting and a few around it (leaves searched);
     everything on one thread (BLAS included)."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from towerrec.pipelines.index import exact_top_k, recall_against_exact
 
     import numpy as np
-    from towerrec.pipelines.index import exact_top_k, recall_against_exact
+    from threadpoolctl import threadpool_info, threadpool_limits
     sys.path.insert(0, str(BENCHMARKS))
     from index import K, timed
 
@@ -1083,7 +1085,7 @@ def compare_with_exact(index, queries) -> dict:
         sweep = []
         for count in leaves:
             extra = {} if count is None else {"leaves_to_search": count}
-            (found, _), seconds = timed(lambda: index.searcher.search_batched(
+            (found, _), seconds = timed(lambda extra=extra: index.searcher.search_batched(
                 queries, final_num_neighbors=K, **extra), repeats=2)
             sweep.append({"leaves": count, "default": count == default,
                           "recall_at_10": recall_against_exact(np.asarray(found), exact),

@@ -75,8 +75,9 @@ def one_row_request(version_path: Path, context: Optional[str] = None
 def encoder_call(version_path: Path, context: str) -> Optional[Callable[[], object]]:
     """The context's encoding alone, as the serving graphs do it (trimmed tokens); None
     when the export names no run folder that still holds its encoder."""
-    import tensorflow as tf
     from towerrec.towers.text_encoder import trim_tokens
+
+    import tensorflow as tf
 
     run_dir = provenance_run_dir(version_path)
     if run_dir is None or not (run_dir / "encoder" / "encoder").exists():
@@ -165,7 +166,7 @@ def start_server(config: Path, batching: bool, args) -> tuple:
         first = lines.get(timeout=300)
     except queue.Empty:
         process.kill()
-        raise SystemExit("the server did not start within 300 s")
+        raise SystemExit("the server did not start within 300 s") from None
     if "gRPC " not in first:
         process.kill()
         raise SystemExit(f"the server did not start: {first}")

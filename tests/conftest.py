@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.pipelines.config import load_config
 from towerrec.pipelines.movielens import load_movielens_100k
 from towerrec.towers.text_encoder import export_text_encoder, resolve_preset, tiny_bert
+
+import pytest
 
 
 @pytest.fixture(scope="session")

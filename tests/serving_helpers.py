@@ -11,11 +11,12 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.pipelines.export import example_requests, export_models
 from towerrec.pipelines.train import train
+
+import numpy as np
+
 from tests.conftest import slice_config
 
 _EXPORTED: Dict[str, object] = {}
@@ -37,9 +38,9 @@ def tiny_export(tiny_encoder_dir, movielens_slice, tmp_path_factory) -> Dict[str
 
 @functools.lru_cache(maxsize=None)
 def _loaded(path: str):
+    import scann  # noqa: F401
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
-    import scann  # noqa: F401
 
     return tf.saved_model.load(path)
 

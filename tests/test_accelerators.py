@@ -7,18 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import ConfigError, to_dict
 from towerrec.pipelines.distribute import choose_strategy
 from towerrec.pipelines.features import tf_dataset
 from towerrec.pipelines.train import prepare, train, training_features
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
 from tests.conftest import slice_config
 
 # Two logical CPU devices stand in for two GPUs. They must be declared before TensorFlow

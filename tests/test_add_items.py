@@ -7,11 +7,6 @@ import sys
 import threading
 import time
 
-import numpy as np
-import pandas as pd
-import pytest
-import yaml
-
 from towerrec.pipelines.add_items import add_items
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import to_dict
@@ -20,6 +15,12 @@ from towerrec.pipelines.features import pad_history
 from towerrec.pipelines.index import Index
 from towerrec.pipelines.publish import exclusive, run_lock
 from towerrec.pipelines.train import train
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
 from tests.conftest import slice_config
 
 NEW = pd.DataFrame({

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import baselines  # noqa: E402
 from towerrec.pipelines.features import Queries  # noqa: E402
 from towerrec.pipelines.topk import DotScores  # noqa: E402
+
+import baselines  # noqa: E402
 
 
 def queries(targets):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 
-import pandas as pd
-import pytest
-
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import ConfigError, load_config
 from towerrec.pipelines.data import DataError, id_column, load_dataset
 from towerrec.pipelines.movielens import load_movielens_100k
+
+import pandas as pd
+import pytest
 
 ITEMS = pd.DataFrame({"item_id": ["a", "b", "c"],
                       "title": ["Alien", "Heat", "Up"],
@@ -55,7 +55,8 @@ def test_missing_column_is_named(tmp_path):
 
 def test_wrong_type_is_named(tmp_path):
     items = ITEMS.assign(year=["1979", "soon", "2009"])
-    with pytest.raises(DataError, match=r"items.csv: column 'year' must be a number; row 1 has 'soon'"):
+    with pytest.raises(DataError,
+                       match=r"items.csv: column 'year' must be a number; row 1 has 'soon'"):
         load_dataset(config_for(tmp_path, items=items))
     inter = INTERACTIONS.assign(timestamp=["1", "yesterday-ish", "3"])
     with pytest.raises(DataError, match=r"'timestamp' must be a number or a date"):
@@ -135,8 +136,9 @@ def test_an_empty_timestamp_is_a_data_error(tmp_path):
 def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
     config = config_for(tmp_path, INTERACTIONS.drop(columns="user_id"))
     path = tmp_path / "config.yaml"
-    import yaml
     from towerrec.pipelines.config import to_dict
+
+    import yaml
     path.write_text(yaml.safe_dump(to_dict(config)))
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err
@@ -173,6 +175,7 @@ def test_movielens_from_grouplens_folder(movielens, tmp_path):
         lines.append(f"{item_id}|{title}|{date}||http://x|{flags}\n")
     (tmp_path / "u.item").write_text("".join(lines), encoding="latin-1")
     import io
+
     from towerrec.pipelines.movielens import _read_files
     users = pd.read_csv(io.BytesIO(_read_files("")["ml-100k.user"]), sep="\t", dtype=str)
     (tmp_path / "u.user").write_text("".join("|".join(row) + "\n" for row in users.values))

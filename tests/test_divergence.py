@@ -3,12 +3,13 @@ stops at the first NaN loss and leaves the run's model as it was; export refuses
 non-finite candidate embeddings."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.pipelines.export import export_models
 from towerrec.pipelines.train import ModelError, check_finite, load_run, train
+
+import numpy as np
+import pytest
+
 from tests.conftest import slice_config
 
 

@@ -10,14 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.towers.embedding_cache import EmbeddingCache, text_keys
 from towerrec.towers.text_encoder import TextEncoder
+
+import numpy as np
+import pytest
+import tensorflow as tf
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["toy", "story", "heat", "evening", "comedy", "woman", "drama"]

@@ -1,16 +1,16 @@
 """The Keras 3 / Keras 2 boundary: reusable SavedModels used through hub.KerasLayer."""
 from __future__ import annotations
 
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.pipelines.train import train
+from towerrec.towers.text_encoder import TextEncoder, export_text_encoder
+
 import numpy as np
 import pytest
-
-import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from towerrec.pipelines.train import train
 from tests.conftest import slice_config
-from towerrec.towers.text_encoder import TextEncoder, export_text_encoder
 
 TEXTS = ["Toy Story (1995). Animation, Children's, Comedy",
          "a 25 year old woman, programmer, Saturday evening", "Heat"]
@@ -85,8 +85,9 @@ def test_padding_does_not_change_embeddings(tiny_encoder_dir):
 
 def test_real_minilm_checkpoint(minilm_dir):
     """The bundled all-MiniLM-L6-v2: exported, reloaded, equal to keras-hub in process."""
-    import keras_hub
     from towerrec.towers.text_encoder import resolve_preset
+
+    import keras_hub
 
     encoder = TextEncoder(minilm_dir)
     assert encoder.dim == 384

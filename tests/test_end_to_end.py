@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import yaml
-
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import to_dict
 from towerrec.pipelines.evaluate import evaluate_run, evaluate_scores, split_queries
 from towerrec.pipelines.train import train
+
+import numpy as np
+import yaml
+
 from tests.conftest import slice_config
 
 

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
-import pandas as pd
-import pytest
-
 from towerrec.pipelines.config import ConfigError, load_config
-from towerrec.pipelines.evaluate import (evaluate_scores, markdown_table, ranking_metrics,
-                                         sampled_split, split_size, target_hits, top_k)
+from towerrec.pipelines.evaluate import (
+    evaluate_scores,
+    markdown_table,
+    ranking_metrics,
+    sampled_split,
+    split_size,
+    target_hits,
+    top_k,
+)
 from towerrec.pipelines.features import Queries
 from towerrec.pipelines.index import exact_top_k
 from towerrec.pipelines.rank import cooccurrence_neighbours, history_rows
 from towerrec.pipelines.topk import DotScores, chunk_rows_for, top_k_scores
 from towerrec.towers.ranking_features import NO_ROW
+
+import numpy as np
+import pandas as pd
+import pytest
 
 
 def reference_top_k(scores, exclude, k):

@@ -6,20 +6,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.pipelines.evaluate import (
+    candidate_embeddings,
+    query_embeddings,
+    top_k,
+    training_queries,
+)
+from towerrec.pipelines.export import MODELS, example_requests, export_models
+from towerrec.pipelines.rank import (
+    CandidateLists,
+    history_rows,
+    list_features,
+    load_ranker,
+    rerank,
+    serving_features,
+    train_ranker,
+)
+from towerrec.pipelines.train import train
+
 import numpy as np
 import pytest
 
-import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-
-from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, top_k,
-                                         training_queries)
-from towerrec.pipelines.export import example_requests, export_models
-from towerrec.pipelines.rank import (CandidateLists, history_rows, list_features, load_ranker,
-                                     rerank, serving_features, train_ranker)
-from towerrec.pipelines.train import train
 from tests.conftest import slice_config
 
-from towerrec.pipelines.export import MODELS
 K = 20
 
 LOAD_AND_RUN = r"""
@@ -48,6 +58,7 @@ def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
 
 def test_catalogue_resolves_ids_and_titles(tmp_path):
     from towerrec.pipelines.graphs import Catalogue
+
     import tensorflow as tf
     catalogue = Catalogue(["1", "2", "3"], ["Matrix, The (1999)", "Alien (1979)",
                                             "Alien (1986)"], tmp_path)

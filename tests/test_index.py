@@ -1,10 +1,15 @@
 """The ScaNN index: configuration by catalogue size, recall against exact search."""
 from __future__ import annotations
 
-import numpy as np
+from towerrec.pipelines.index import (
+    Index,
+    build_index,
+    exact_top_k,
+    recall_against_exact,
+    scann_settings,
+)
 
-from towerrec.pipelines.index import (Index, build_index, exact_top_k, recall_against_exact,
-                                      scann_settings)
+import numpy as np
 
 
 def normalized(n, dim, seed, clusters=64):

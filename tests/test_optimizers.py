@@ -1,12 +1,11 @@
 """LazyAdam: Adam on the rows a sparse gradient names, nothing on the others."""
 from __future__ import annotations
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.towers.optimizers import LazyAdam
+
+import numpy as np
+import tensorflow as tf
 
 
 def _adam_rows(table, gradients, lr=0.1, b1=0.9, b2=0.999, eps=1e-7):

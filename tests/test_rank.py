@@ -2,20 +2,27 @@
 items in their slots, and a saved ranker that scores as the trained one did."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.evaluate import split_queries
-from towerrec.pipelines.rank import (candidate_lists, cooccurrence_neighbours, hold_out_last,
-                                     list_features, load_ranker, ranking_features, rerank,
-                                     train_ranker)
+from towerrec.pipelines.rank import (
+    candidate_lists,
+    cooccurrence_neighbours,
+    hold_out_last,
+    list_features,
+    load_ranker,
+    ranking_features,
+    rerank,
+    train_ranker,
+)
 from towerrec.pipelines.train import train
-from tests.conftest import slice_config
 from towerrec.towers.ranking import rerank_order
 from towerrec.towers.ranking_features import NO_ROW, NUM_FEATURES
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import slice_config
 
 
 @pytest.fixture(scope="module")

@@ -12,23 +12,28 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pytest
-import yaml
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import load_config, to_dict
 from towerrec.pipelines.data import Dataset
 from towerrec.pipelines.export import export_models
 from towerrec.pipelines.features import Indexed
-from towerrec.pipelines.publish import (MODELS, PROVENANCE, PUBLISH_JOURNAL, next_version, publish,
-                                        versions)
 from towerrec.pipelines.movielens import csv_config_values, write_time_split
+from towerrec.pipelines.publish import (
+    MODELS,
+    PROVENANCE,
+    PUBLISH_JOURNAL,
+    next_version,
+    publish,
+    versions,
+)
 from towerrec.pipelines.retrain import GENERATIONS, gate, retrain
 from towerrec.pipelines.train import train
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
 
 STAR_WARS_FANS_ALSO = ["50", "172", "181"]  # Star Wars, Empire, Return of the Jedi
 PHANTOM = "new-phantom-menace"
@@ -101,6 +106,7 @@ def _load_every_version(base: Path):
 def test_retrain_publishes_and_the_server_serves_new_items(published, data):
     from towerrec.serving.client import RecommenderClient
     from towerrec.serving.server import serve
+
     from tests.serving_helpers import wait_for
 
     config, base, config_path = published

@@ -7,17 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.config import load_config
 from towerrec.pipelines.evaluate import evaluate_run
 from towerrec.pipelines.export import example_requests, export_models
 from towerrec.pipelines.rank import train_ranker
 from towerrec.pipelines.train import load_run, train
+
+import numpy as np
+import pytest
+import tensorflow as tf
 
 
 def _synthetic_run(size: str, root: Path, encoder_dir: Path, **overrides):

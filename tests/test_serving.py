@@ -10,22 +10,32 @@ import sys
 import threading
 from pathlib import Path
 
-import grpc
-import numpy as np
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
 from towerrec.pipelines.cli import main
 from towerrec.serving.client import RecommenderClient
 from towerrec.serving.errors import ServingError
 from towerrec.serving.server import serve
 from towerrec.serving.tensors import from_ndarray
-from tests.serving_helpers import (as_json, assert_same_outputs, http, in_process, metric,
-                                   tiny_export)
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tests.serving_helpers import (
+    as_json,
+    assert_same_outputs,
+    http,
+    in_process,
+    metric,
+    tiny_export,
+)
 
 MAX_REQUEST_BYTES = 256 * 1024
 

@@ -7,17 +7,18 @@ import http.client
 import json
 import urllib.parse
 
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.serving.client import RecommenderClient
+from towerrec.serving.server import serve
+
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from towerrec.serving.client import RecommenderClient
-from towerrec.serving.server import serve
 from tests.serving_helpers import tiny_export
 
 MODEL = "query_tower"

@@ -12,10 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
-import numpy as np
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.pipelines.cli import main
 from towerrec.serving import manager as manager_module
@@ -28,7 +24,12 @@ from towerrec.serving.models import Signature
 from towerrec.serving.options import ServerOptions
 from towerrec.serving.predictor import Predictor, RequestLimits
 from towerrec.serving.server import serve
-from tests.serving_helpers import assert_same_outputs, http, in_process, tiny_export, wait_for
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.serving_helpers import assert_same_outputs, http, in_process, tiny_export
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,22 @@ import threading
 import time
 from collections import Counter
 
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.serving.client import RecommenderClient
 from towerrec.serving.server import serve
-from tests.serving_helpers import (as_json, assert_same_outputs, http, in_process, metric,
-                                   publish, tiny_export, wait_for)
+
+import pytest
+
+from tests.serving_helpers import (
+    as_json,
+    assert_same_outputs,
+    http,
+    in_process,
+    metric,
+    publish,
+    tiny_export,
+    wait_for,
+)
 
 MODEL = "query_tower"
 
@@ -86,6 +95,7 @@ def _no_variables(folder):
 def _bad_warmup(folder):
     """A warm-up record whose request the model refuses (an input it does not have)."""
     from towerrec.pipelines.export import write_warmup
+
     import numpy as np
 
     shutil.rmtree(folder / "assets.extra")
@@ -127,8 +137,8 @@ def test_hot_reload_under_load_and_corrupt_versions(exported, tmp_path):
                                                        "input 'no_such_input'")}
         for version, (spoil, code, words) in broken.items():
             publish(source, model_dir, version, spoil)
-            wait_for(lambda: any(s["version"] == version and s["error_message"]
-                                 for s in client.status(MODEL)),
+            wait_for(lambda version=version: any(
+                s["version"] == version and s["error_message"] for s in client.status(MODEL)),
                      what=f"version {version} to fail")
             (status,) = client.status(MODEL, version)
             assert status["state"] == "END" and status["error_code"] != "OK", status

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import threading
 
-import grpc
-import numpy as np
-import pytest
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from tensorflow.core.framework import tensor_pb2, types_pb2
-
 from towerrec.serving.batching import BatchScheduler
 from towerrec.serving.errors import ServingError, first_line
 from towerrec.serving.model_config import ModelConfigError, read_model_config
 from towerrec.serving.rest_json import parse_request, to_json
 from towerrec.serving.tensors import from_ndarray, to_ndarray
 from towerrec.serving.validation import InputSpec, validate
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 QUERY = {"user_id": InputSpec("user_id", "string", (None,)),
          "history": InputSpec("history", "string", (None, None)),

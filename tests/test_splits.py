@@ -1,13 +1,18 @@
 """Split invariants on real MovieLens-100K."""
 from __future__ import annotations
 
+from towerrec.pipelines.config import load_config
+from towerrec.pipelines.splits import (
+    future_split,
+    get_splits,
+    load_splits,
+    make_splits,
+    validation_splits,
+)
+
 import numpy as np
 import pandas as pd
 import pytest
-
-from towerrec.pipelines.config import load_config
-from towerrec.pipelines.splits import (future_split, get_splits, load_splits, make_splits,
-                                      validation_splits)
 
 
 @pytest.fixture(scope="module")

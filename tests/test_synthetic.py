@@ -4,16 +4,16 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
-import pytest
-
 from towerrec.pipelines import synthetic
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import ConfigError, load_config
 from towerrec.pipelines.data import load_dataset
 from towerrec.pipelines.synthetic import SIZES, generate
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
 
 
 def read(directory):

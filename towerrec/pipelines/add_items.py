@@ -12,12 +12,20 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
+from towerrec.pipelines.config import Config
+from towerrec.pipelines.data import (
+    ADDED_ITEMS,
+    MAX_TEXT_CHARS,
+    DataError,
+    item_columns,
+    items_frame,
+    load_dataset,
+    read_table,
+    text_column,
+)
+
 import numpy as np
 import pandas as pd
-
-from towerrec.pipelines.config import Config
-from towerrec.pipelines.data import (ADDED_ITEMS, MAX_TEXT_CHARS, DataError, item_columns,
-                                     items_frame, load_dataset, read_table, text_column)
 
 
 def read_new_items(path: str, config: Config, catalogue_ids,

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import yaml
-
 from towerrec.pipelines.config import ConfigError, load_config
 from towerrec.pipelines.data import DataError
 from towerrec.pipelines.stages import stage
+
+import yaml
 
 
 def _train(args) -> int:

@@ -22,10 +22,10 @@ import dataclasses
 import os
 from typing import List
 
+from towerrec.pipelines.config import Config, DataConfig
+
 import numpy as np
 import pandas as pd
-
-from towerrec.pipelines.config import Config, DataConfig
 
 MULTI_VALUE_SEPARATOR = "|"
 MAX_TEXT_CHARS = 10_000

@@ -10,9 +10,9 @@ import functools
 from typing import Optional, Union
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.config import STRATEGIES, ConfigError
+
+import tensorflow as tf
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+from towerrec.pipelines.features import (
+    Queries,
+    catalogue_rows,
+    evaluation_queries,
+    sample_users,
+    tf_dataset,
+)
+from towerrec.pipelines.topk import DotScores, top_k_scores
+
 import numpy as np
 import pandas as pd
-
-from towerrec.pipelines.features import (Queries, catalogue_rows, evaluation_queries,
-                                         sample_users, tf_dataset)
-from towerrec.pipelines.topk import DotScores, top_k_scores
 
 METRIC_NOTE = ("Full-catalogue ranking, each user's training items excluded; per-user mean "
                "± its standard error. Recall@K = hits in top K / number of held-out items "

@@ -29,14 +29,20 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.features import utf8
-from towerrec.pipelines.publish import (MODELS, PROVENANCE, RANKED_MODELS, discard, exclusive,
-                                        publish, staged_dir)
+from towerrec.pipelines.publish import (
+    MODELS,
+    PROVENANCE,
+    RANKED_MODELS,
+    discard,
+    exclusive,
+    publish,
+    staged_dir,
+)
+
+import numpy as np
+import tensorflow as tf
 
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
@@ -118,10 +124,19 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
 def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
                    models: Optional[List[str]], stage_only: bool) -> Dict[str, Path]:
     from towerrec.pipelines.evaluate import candidate_embeddings
-    from towerrec.pipelines.graphs import (BruteForceRetrieval, CandidateModel, Catalogue,
-                                           QueryModel, Ranking, Recommender, ScannRetrieval,
-                                           TextEncoding, candidate_signature,
-                                           query_signature, ranker_signature)
+    from towerrec.pipelines.graphs import (
+        BruteForceRetrieval,
+        CandidateModel,
+        Catalogue,
+        QueryModel,
+        Ranking,
+        Recommender,
+        ScannRetrieval,
+        TextEncoding,
+        candidate_signature,
+        query_signature,
+        ranker_signature,
+    )
     from towerrec.pipelines.rank import load_ranker, ranker_exists, serving_features
     from towerrec.pipelines.train import check_finite
 

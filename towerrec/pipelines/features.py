@@ -10,14 +10,13 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
-import pandas as pd
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.data import Dataset
 from towerrec.towers.features import NO_ROW, host_variable
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
 
 NO_USER = ""  # the user id of a query from someone the model has never seen
 # Text columns of the examples -> the tower inputs that read them.
@@ -226,7 +225,7 @@ def tf_dataset(features: Dict[str, object], text_inputs: TextInputs, batch_size:
         for name, table in tables.items():
             index = batch.pop(name + "_index")
             batch[TEXT_INPUTS.get(name, name)] = tf.nest.map_structure(
-                lambda t: tf.gather(t, index), table)
+                lambda t, index=index: tf.gather(t, index), table)
         return preprocess(batch)
 
     if shuffle_seed is None:

@@ -9,16 +9,15 @@ import re
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.features import utf8
 from towerrec.towers.features import NO_ROW, host_variable
 from towerrec.towers.ranking import rerank_order
 from towerrec.towers.ranking_features import RankingFeatures
 from towerrec.towers.text_encoder import trim_tokens
+
+import numpy as np
+import tensorflow as tf
 
 _YEAR = r"\s*\(\d{4}\)$"
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from towerrec.pipelines.topk import DotScores, top_k_scores
+
+import numpy as np
 
 BRUTE_FORCE_BELOW = 20_000
 INDEX_DIR = "index"

@@ -12,11 +12,17 @@ import zipfile
 from pathlib import Path
 from typing import Dict
 
+from towerrec.pipelines.data import (
+    MULTI_VALUE_SEPARATOR,
+    DataError,
+    Dataset,
+    id_column,
+    numeric_column,
+    text_column,
+)
+
 import numpy as np
 import pandas as pd
-
-from towerrec.pipelines.data import (MULTI_VALUE_SEPARATOR, Dataset, DataError, id_column,
-                                     numeric_column, text_column)
 
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_PREFIX = "recbole/dataset_example/ml-100k/"

@@ -22,18 +22,18 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import numpy as np
-import pandas as pd
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.memory import release_memory
 from towerrec.pipelines.config import Config
-from towerrec.pipelines.evaluate import (candidate_embeddings, query_embeddings, ranking_metrics,
-                                         split_queries, split_size, target_hits)
-from towerrec.pipelines.features import (Queries, catalogue_rows, evaluation_queries,
-                                         sample_users)
+from towerrec.pipelines.evaluate import (
+    candidate_embeddings,
+    query_embeddings,
+    ranking_metrics,
+    split_queries,
+    split_size,
+    target_hits,
+)
+from towerrec.pipelines.features import Queries, catalogue_rows, evaluation_queries, sample_users
 from towerrec.pipelines.publish import MODEL_WEIGHTS
 from towerrec.pipelines.splits import hold_out_last, save_splits
 from towerrec.pipelines.topk import DotScores, top_k_scores
@@ -41,6 +41,10 @@ from towerrec.pipelines.train import Run, load_run, train
 from towerrec.towers.features import MULTI_VALUE_SEPARATOR
 from towerrec.towers.ranking import Ranker, rerank_order
 from towerrec.towers.ranking_features import NO_ROW, ItemTables, RankingFeatures
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
 
 RANKER_DIR = "ranker"
 # "Recent" popularity: interactions in the latest 10% of the data's time span.

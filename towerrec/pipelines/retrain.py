@@ -25,20 +25,33 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
-import pandas as pd
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-
 from towerrec.pipelines.config import Config, DataConfig
-from towerrec.pipelines.data import (ADDED_INTERACTIONS, ADDED_ITEMS, DataError,
-                                     interaction_columns, interactions_frame, read_table)
+from towerrec.pipelines.data import (
+    ADDED_INTERACTIONS,
+    ADDED_ITEMS,
+    DataError,
+    interaction_columns,
+    interactions_frame,
+    read_table,
+)
 from towerrec.pipelines.export import export_models
-from towerrec.pipelines.publish import (discard, exclusive, latest_run_config, provenance_run_dir,
-                                        prune_versions, publish, served_version, versions)
+from towerrec.pipelines.publish import (
+    discard,
+    exclusive,
+    latest_run_config,
+    provenance_run_dir,
+    prune_versions,
+    publish,
+    served_version,
+    versions,
+)
 from towerrec.pipelines.splits import hold_out_last, save_splits
 from towerrec.pipelines.train import Run, load_run, train
 from towerrec.towers.retrieval import Vocabularies
+
+import numpy as np
+import pandas as pd
 
 GENERATIONS = "generations"
 GENERATION_FILE = "generation.json"  # written when a generation has finished training

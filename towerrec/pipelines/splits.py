@@ -24,13 +24,20 @@ import json
 from pathlib import Path
 from typing import Dict
 
+from towerrec.pipelines.config import Config, SplitConfig
+from towerrec.pipelines.data import (
+    DataError,
+    Dataset,
+    id_column,
+    numeric_column,
+    read_table,
+    text_column,
+    timestamp_column,
+)
+
 import numpy as np
 import pandas as pd
 
-from towerrec.pipelines.config import Config, SplitConfig
-from towerrec.pipelines.data import (Dataset, DataError, id_column, numeric_column,
-                                    read_table, text_column,
-                                    timestamp_column)
 
 def make_splits(dataset: Dataset, config: Config) -> Dict[str, pd.DataFrame]:
     """Returns {"train": ..., and the held-out splits of `split.protocol`} (or of the

@@ -35,13 +35,13 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
+from towerrec.pipelines.config import CUSTOM_SIZE, SYNTHETIC_SIZES, ConfigError, DataConfig
+from towerrec.pipelines.data import Dataset, interactions_frame, items_frame
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from towerrec.pipelines.config import CUSTOM_SIZE, SYNTHETIC_SIZES, ConfigError, DataConfig
-from towerrec.pipelines.data import Dataset, interactions_frame, items_frame
 
 log = logging.getLogger(__name__)
 

@@ -8,22 +8,26 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-import numpy as np
-import pandas as pd
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.pipelines.config import Config, ConfigError, to_dict
 from towerrec.pipelines.data import Dataset, load_dataset
 from towerrec.pipelines.distribute import choose_strategy, describe, loss_scaled, use_xla
-from towerrec.pipelines.features import (Indexed, TextInputs, catalogue_features, tf_dataset,
-                                         training_examples)
+from towerrec.pipelines.features import (
+    Indexed,
+    TextInputs,
+    catalogue_features,
+    tf_dataset,
+    training_examples,
+)
 from towerrec.pipelines.splits import get_splits
 from towerrec.pipelines.stages import stage
 from towerrec.towers.optimizers import LazyAdam
 from towerrec.towers.retrieval import TwoTowerModel, Vocabularies, build_two_tower
 from towerrec.towers.text_encoder import export_text_encoder
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
 
 # The run folder's id vocabularies, one file per lookup (read by the lookups, and carried
 # by the exports as assets).

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional
 
-import grpc
-import numpy as np
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
 from towerrec.serving.errors import ServingError
 from towerrec.serving.tensors import dtype_name, from_ndarray, is_string, to_ndarray
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 DEFAULT_SIGNATURE = "serving_default"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

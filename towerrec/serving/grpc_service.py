@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from typing import Callable, Dict, Tuple
 
-import grpc
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
-
 from towerrec.serving.errors import ServingError, invalid
 from towerrec.serving.metrics import UNKNOWN_MODEL, Metrics
 from towerrec.serving.predictor import Predictor
 from towerrec.serving.responses import metadata_response, model_spec, status_response
 from towerrec.serving.tensors import from_ndarray, to_ndarray
+
+import grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
 log = logging.getLogger("towerrec.serving")
 

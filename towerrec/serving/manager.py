@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import grpc
-
 from towerrec.serving.errors import ServingError, first_line, not_found
 from towerrec.serving.metrics import Metrics
 from towerrec.serving.model_config import ModelConfigError, ModelSource
 from towerrec.serving.models import Servable, load_servable
+
+import grpc
 
 log = logging.getLogger("towerrec.serving")
 _VERSION = re.compile(r"^[0-9]+$")

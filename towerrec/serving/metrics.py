@@ -5,11 +5,17 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from towerrec.serving.errors import ServingError
+
+import grpc
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 UNKNOWN_MODEL = "_unknown"  # the label of requests for models that are not served
 CONTENT_TYPE = CONTENT_TYPE_LATEST

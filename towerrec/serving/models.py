@@ -11,18 +11,17 @@ import logging
 from pathlib import Path
 from typing import Dict, Iterator
 
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.serving.errors import ServingError, first_line, invalid
+from towerrec.serving.tensors import to_ndarray
+from towerrec.serving.validation import InputSpec, validate
+
 import grpc
 import numpy as np
-
-import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_log_pb2
-
-from towerrec.serving.errors import ServingError, first_line, invalid
-from towerrec.serving.tensors import to_ndarray
-from towerrec.serving.validation import InputSpec, validate
 
 log = logging.getLogger("towerrec.serving")
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"

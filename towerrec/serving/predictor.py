@@ -7,15 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
-import grpc
-import numpy as np
-
 from towerrec.memory import trim_heap
 from towerrec.serving.batching import BatchScheduler
 from towerrec.serving.errors import ServingError, invalid
 from towerrec.serving.manager import ModelManager
 from towerrec.serving.models import Servable, Signature
 from towerrec.serving.validation import validate
+
+import grpc
+import numpy as np
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import List
 
-import grpc
-from google.protobuf import any_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
-
 from towerrec.serving.errors import invalid
 from towerrec.serving.manager import VersionStatus
 from towerrec.serving.models import Servable
+
+import grpc
+from google.protobuf import any_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
 

@@ -21,14 +21,14 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional, Tuple
 
-import grpc
-from google.protobuf import json_format
-
 from towerrec.serving.errors import ServingError, invalid, not_found
 from towerrec.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, Metrics
 from towerrec.serving.predictor import Predictor
 from towerrec.serving.responses import SIGNATURE_DEF, metadata_response, status_response
 from towerrec.serving.rest_json import parse_request, signature_name, to_json
+
+import grpc
+from google.protobuf import json_format
 
 log = logging.getLogger("towerrec.serving")
 METRICS_PATH = "/monitoring/prometheus/metrics"

@@ -13,9 +13,9 @@ import binascii
 import math
 from typing import Any, Dict, List, Mapping, Tuple
 
-import numpy as np
-
 from towerrec.serving.validation import InputSpec
+
+import numpy as np
 
 _NUMERIC = (int, float)
 

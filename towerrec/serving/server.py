@@ -11,8 +11,6 @@ import threading
 from concurrent import futures
 from typing import List, Optional
 
-import grpc
-
 from towerrec.serving.batching import BatchScheduler
 from towerrec.serving.grpc_service import add_services
 from towerrec.serving.manager import ModelManager
@@ -22,6 +20,8 @@ from towerrec.serving.models import register_custom_ops
 from towerrec.serving.options import ServerOptions
 from towerrec.serving.predictor import Predictor, RequestLimits
 from towerrec.serving.rest import RestServer
+
+import grpc
 
 log = logging.getLogger("towerrec.serving")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
-import numpy as np
-
 from towerrec.serving.errors import invalid
 from towerrec.serving.tensors import is_string
+
+import numpy as np
 
 
 @dataclass(frozen=True)

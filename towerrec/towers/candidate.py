@@ -4,10 +4,17 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence, Tuple
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
+from towerrec.towers.features import (
+    MultiHot,
+    Standardize,
+    TextVector,
+    drop_to_oov,
+    mlp,
+    string_lookup,
+    unit_rows,
+)
 
-from towerrec.towers.features import (MultiHot, Standardize, TextVector, drop_to_oov, mlp,
-                                      string_lookup, unit_rows)
+import tensorflow as tf
 
 
 class CandidateFeatures(tf.keras.layers.Layer):

@@ -170,7 +170,8 @@ class EmbeddingCache:
                 raise ValueError(f"vectors {vectors.dtype} {vectors.shape}, "
                                  f"{len(keys)} keys of dim {self.dim}")
         except (OSError, ValueError, EOFError) as e:
-            warnings.warn(f"embedding cache: skipping chunk {self.directory / stem}: {e}")
+            warnings.warn(f"embedding cache: skipping chunk {self.directory / stem}: {e}",
+                          stacklevel=2)
             return None
         return keys
 
@@ -180,7 +181,8 @@ class EmbeddingCache:
         except (OSError, ValueError) as e:
             # Gone (the folder was cleared) or damaged since it was indexed: forget it, so
             # that its texts are encoded again.
-            warnings.warn(f"embedding cache: cannot read chunk {self.directory / stem}: {e}")
+            warnings.warn(f"embedding cache: cannot read chunk {self.directory / stem}: {e}",
+                          stacklevel=2)
             keep = self._chunk != self._chunks.index(stem)
             self._keys, self._chunk, self._row = (
                 self._keys[keep], self._chunk[keep], self._row[keep])

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+
+import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 

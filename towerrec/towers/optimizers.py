@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+
 import tensorflow as tf
 
 

@@ -3,15 +3,23 @@ from __future__ import annotations
 
 from typing import Optional
 
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.towers.features import (
+    MASK_INDEX,
+    OOV_INDEX,
+    TEXT_TABLE_DTYPE,
+    TextVector,
+    drop_to_oov,
+    host_variable,
+    mlp,
+    string_lookup,
+    unit_rows,
+    weighted_mean,
+)
+
 import numpy as np
 import pandas as pd
-
-import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 import tensorflow as tf
-
-from towerrec.towers.features import (MASK_INDEX, OOV_INDEX, TEXT_TABLE_DTYPE, TextVector,
-                                      drop_to_oov, host_variable, mlp, string_lookup,
-                                      unit_rows, weighted_mean)
 
 
 class QueryFeatures(tf.keras.layers.Layer):

@@ -1,9 +1,9 @@
 """The ranking model: a DCN (cross network + deep layers) that rescores retrieval's top-K."""
 from __future__ import annotations
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 

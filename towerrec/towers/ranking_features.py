@@ -8,12 +8,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.towers.features import NO_ROW, TEXT_TABLE_DTYPE, host_variable, weighted_mean
+
+import numpy as np
+import tensorflow as tf
 
 NUM_FEATURES = 13
 

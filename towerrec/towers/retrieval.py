@@ -6,15 +6,14 @@ import dataclasses
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-import tensorflow_recommenders as tfrs
-
 from towerrec.towers.candidate import CandidateFeatures, CandidateTower
 from towerrec.towers.features import write_vocabulary
 from towerrec.towers.query import QueryFeatures, QueryTower, item_index_of_row
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 
 @dataclasses.dataclass

@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List
 
-import numpy as np
-
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-import tensorflow as tf
-
 from towerrec.towers.embedding_cache import EmbeddingCache, text_keys
+
+import numpy as np
+import tensorflow as tf
 
 BUNDLED_MINILM = "bundled-minilm"
 TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")
