@@ -213,9 +213,10 @@ def content(run: Run) -> Grid:
 BASELINES = {"popularity": popularity, "tfrs_basic": tfrs_basic, "als": als,
              "ease": ease_baseline, "rp3beta": rp3beta_baseline, "content": content}
 # What a baseline cannot score: an id or item-item model has nothing for a new user (all
-# items tie, and ties fall to the catalogue's first rows) or a new item (its score is a
-# constant, not a judgement). Those cells are left out, not reported as figures.
-UNSCORED = {"tfrs_basic": ("cold_item", "cold_user"), "als": ("cold_item", "cold_user"),
+# items tie, and ties fall to the catalogue's first rows), and none but content has
+# anything for a new item (its score is a constant, not a judgement). Those cells are left
+# out, not reported as figures.
+UNSCORED = {"popularity": ("cold_item",), "tfrs_basic": ("cold_item", "cold_user"), "als": ("cold_item", "cold_user"),
             "ease": ("cold_item", "cold_user"), "rp3beta": ("cold_item", "cold_user")}
 
 
