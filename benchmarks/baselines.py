@@ -216,8 +216,9 @@ BASELINES = {"popularity": popularity, "tfrs_basic": tfrs_basic, "als": als,
 # items tie, and ties fall to the catalogue's first rows), and none but content has
 # anything for a new item (its score is a constant, not a judgement). Those cells are left
 # out, not reported as figures.
-UNSCORED = {"popularity": ("cold_item",), "tfrs_basic": ("cold_item", "cold_user"), "als": ("cold_item", "cold_user"),
-            "ease": ("cold_item", "cold_user"), "rp3beta": ("cold_item", "cold_user")}
+NEW = ("cold_item", "cold_user")
+UNSCORED = {"popularity": ("cold_item",), "tfrs_basic": NEW, "als": NEW, "ease": NEW,
+            "rp3beta": NEW}
 
 
 def scored(name: str, split: str) -> bool:
