@@ -35,6 +35,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/python scripts/check_imports.py
 	$(BIN)/python -m pytest -q
 
 benchmark: setup
