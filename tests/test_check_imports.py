@@ -25,3 +25,4 @@ def test_only_top_level_imports_count_and_relative_ones_resolve():
 def test_the_tree_passes(capsys):
     assert check_imports.main() == 0
     assert "no cycle" in capsys.readouterr().out
+

@@ -14,6 +14,8 @@ from towerrec.pipelines.stages import stage
 
 import yaml
 
+VERBOSE_HELP = "show TensorFlow's own log lines and warnings (hidden by default)"
+
 
 def _train(args) -> int:
     from towerrec.pipelines.train import train
@@ -248,10 +250,16 @@ def _overrides(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="towerrec", description="BERT two-tower retrieval on TensorFlow Recommenders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
+    # Every subcommand takes -v too; SUPPRESS: without it, `towerrec -v <command>` holds.
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help=VERBOSE_HELP)
 
     def command(name, handler, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  parents=[verbosity])
         sub.add_argument("--config", help="YAML run config (default: MovieLens-100K)")
         sub.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override a config value, e.g. --set training.epochs=3")
@@ -293,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--model-base-path", default="models",
                          help="TF Serving model base path (default: models)")
     rollback = commands.add_parser(
-        "rollback", help="Serve the previous version of a model again.",
+        "rollback", parents=[verbosity],
+        help="Serve the previous version of a model again.",
         description="Moves a model's newest version aside (to .rolled-back-<v>-<time>), so "
         "that the previous version is the newest and a running server serves it.")
     rollback.set_defaults(handler=_rollback)
@@ -301,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--model-base-path", default="models",
                           help="TF Serving model base path (default: models)")
     synth = commands.add_parser(
-        "synth", help="Write a seeded synthetic catalogue as Parquet shards (scale tests).",
+        "synth", parents=[verbosity],
+        help="Write a seeded synthetic catalogue as Parquet shards (scale tests).",
         description="Write items and interactions of a synthetic catalogue (the same for the "
         "same size and seed) as <out>/items/part-*.parquet, <out>/interactions/part-*.parquet "
         "and <out>/synthetic.json; the source `data.source: synthetic` reads them.")
@@ -315,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         synth.add_argument(f"--{count}", type=int, default=None,
                            help=f"with --size custom: the number of {count}")
     serve = commands.add_parser(
-        "serve", help="Serve the exports over TF Serving's gRPC and REST APIs.",
+        "serve", parents=[verbosity],
+        help="Serve the exports over TF Serving's gRPC and REST APIs.",
         description="Serve every model under --model-base-path (or a TF Serving "
         "models.config) over TF Serving's gRPC and REST APIs; new versions are loaded, "
         "warmed up and swapped in as they appear. Stops gracefully on SIGTERM/SIGINT.")
@@ -367,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a REST connection silent this long is closed (default: "
                        f"{defaults.rest_idle_timeout_seconds:g})")
     query = commands.add_parser(
-        "query", help="Ask a served recommender for a user's top items (gRPC).",
+        "query", parents=[verbosity],
+        help="Ask a served recommender for a user's top items (gRPC).",
         description="Send one request to a TF Serving gRPC address (towerrec serve or "
         "tensorflow/serving) and print the top items as a table.")
     query.set_defaults(handler=_query)
@@ -421,8 +433,24 @@ def _log_pipeline_steps() -> None:
         logger.propagate = False
 
 
+def quiet_tensorflow(verbose: bool) -> None:
+    """Unless verbose: no TensorFlow C++ log lines (CUDA probing on a machine without a GPU,
+    oneDNN notes) and no tf_keras / TensorFlow Python warnings (e.g. a Keras "non-serializable
+    objects" warning per exported model). Must run before TensorFlow is imported."""
+    import logging
+    import os
+    import warnings
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+    if not verbose:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"(tensorflow|tf_keras|keras|keras_hub)\b")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if "tensorflow" not in sys.modules:  # in process (tests), TensorFlow may be loaded
+        quiet_tensorflow(args.verbose)
     if args.command != "serve":
         _log_pipeline_steps()
     from towerrec.pipelines.train import ModelError
