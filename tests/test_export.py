@@ -7,13 +7,9 @@ import sys
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.evaluate import (
-    candidate_embeddings,
-    query_embeddings,
-    top_k,
-    training_queries,
-)
-from towerrec.pipelines.export import MODELS, example_requests, export_models
+from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, top_k
+from towerrec.pipelines.export import MODELS, example_queries, example_requests, export_models
+from towerrec.pipelines.prior import served_candidates, served_queries
 from towerrec.pipelines.rank import (
     CandidateLists,
     history_rows,
@@ -49,7 +45,10 @@ pickle.dump(out, open(sys.argv[2], "wb"))
 def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_run")
     (run_dir / "encoder").symlink_to(tiny_encoder_dir)
-    config = slice_config(movielens_slice, run_dir, **{"training.epochs": 2})
+    # A fixed item prior: the exports search with it (towerrec.pipelines.prior).
+    config = slice_config(movielens_slice, run_dir, **{
+        "training.epochs": 2, "prior.calibrate": False, "prior.weight_with_history": 0.1,
+        "prior.weight_without_history": 0.3})
     run = train(config, verbose=0)
     train_ranker(config, verbose=0)
     base = run_dir / "models"
@@ -121,14 +120,23 @@ def test_fresh_process_returns_the_in_process_answers(exported, tmp_path):
                     str(tmp_path / "out.pkl")], check=True, cwd=Path(__file__).parents[1])
     served = pickle.loads((tmp_path / "out.pkl").read_bytes())
 
-    queries = training_queries(run, 2)  # what example_requests sends
+    queries = example_queries(run)  # what example_requests sends
     expected_query = query_embeddings(run, queries)[:2]
     np.testing.assert_allclose(served["query_tower"]["query_embedding"], expected_query,
                                atol=1e-5)
     candidates = candidate_embeddings(run)
     np.testing.assert_allclose(served["candidate_tower"]["candidate_embedding"],
                                candidates[:2], atol=1e-5)
-    scores = expected_query @ candidates.T
+    # Retrieval: the towers' dot product + each request's weight * the items' log prior.
+    has_history = (queries.history[:2] != "").any(axis=1)
+    assert has_history.tolist() == [True, False]
+    served_prior = served_candidates(run, candidates)[:, -1]
+    assert np.ptp(served_prior) > 1.0  # popular and unpopular items differ
+    scores = (served_queries(run, expected_query, has_history)
+              @ served_candidates(run, candidates).T)
+    np.testing.assert_allclose(
+        scores, expected_query @ candidates.T + np.array([[0.1], [0.3]]) * served_prior,
+        atol=1e-5)
     history = history_rows(run, queries.history[:2])
     exclude = [h[h >= 0] for h in history]  # a request's history is not returned
     expected_top = top_k(scores, exclude, K)

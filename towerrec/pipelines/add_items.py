@@ -108,6 +108,7 @@ def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Di
     from towerrec.pipelines.evaluate import candidate_embeddings
     from towerrec.pipelines.export import export_models
     from towerrec.pipelines.index import INDEX_DIR, build_index
+    from towerrec.pipelines.prior import served_candidates
     from towerrec.pipelines.train import load_run
 
     run_path = config.run_path
@@ -136,6 +137,7 @@ def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Di
     # Not a transaction: a kill from here on leaves the items in the run and perhaps not
     # in the served models; the same add-items again (a resume, see read_new_items)
     # rebuilds the index and publishes.
-    index = build_index(embeddings, run.catalogue["item_id"], run_path / INDEX_DIR)
+    index = build_index(served_candidates(run, embeddings), run.catalogue["item_id"],
+                        run_path / INDEX_DIR)
     exports = export_models(run, model_base_path) if model_base_path else {}
     return {"items": new, "resumed": resumed, "index": index, "exports": exports, "run": run}

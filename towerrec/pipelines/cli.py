@@ -18,11 +18,12 @@ VERBOSE_HELP = "show TensorFlow's own log lines and warnings (hidden by default)
 
 
 def _train(args) -> int:
+    from towerrec.pipelines.calibrate import calibrate_prior
     from towerrec.pipelines.train import train
 
     config = load_config(args.config, _overrides(args))
     started = time.time()
-    train(config)
+    calibrate_prior(train(config))
     print(f"trained in {time.time() - started:.0f}s; model in {config.run_path / 'model'}, "
           f"TensorBoard logs in {config.run_path / 'logs'}")
     if args.evaluate:
@@ -60,16 +61,19 @@ def _evaluate(args) -> int:
 def _index(args) -> int:
     from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
     from towerrec.pipelines.index import INDEX_DIR, Index, build_index, recall_against_exact
+    from towerrec.pipelines.prior import served_candidates, served_queries
     from towerrec.pipelines.train import load_run
 
     config = _run_config(args)
     run = load_run(config)
     directory = config.run_path / INDEX_DIR
     with stage("build index", items=len(run.catalogue["item_id"])):
-        settings = build_index(candidate_embeddings(run), run.catalogue["item_id"],
-                               directory)
+        settings = build_index(served_candidates(run, candidate_embeddings(run)),
+                               run.catalogue["item_id"], directory)
     index = Index(directory)
-    queries = query_embeddings(run, training_queries(run, 1000))
+    sample = training_queries(run, 1000)
+    queries = served_queries(run, query_embeddings(run, sample),
+                             (sample.history != "").any(axis=1))
     found, _ = index.search(queries, 10)
     exact, _ = index.brute_force(queries, 10)
     recall = recall_against_exact(found, exact)

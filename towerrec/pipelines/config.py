@@ -193,6 +193,23 @@ class RankerConfig:
 
 
 @dataclasses.dataclass
+class PriorConfig:
+    # Retrieval scores query . candidate + weight * log prior(item), the prior an item's
+    # share of recent interactions (towerrec.pipelines.prior). With `calibrate`, `train`
+    # chooses the half-life and both weights on a validation split carved from the
+    # training data as the test was (it trains a second model on it); otherwise these:
+    calibrate: bool = True
+    # Interactions count 0.5 ** (age / half-life); null: every interaction counts 1.
+    half_life_days: Optional[float] = setting(14.0, above=0.0)
+    # The weight for a request with a history, and for one without (a new user).
+    weight_with_history: float = setting(0.05, at_least=0.0)
+    weight_without_history: float = setting(0.2, at_least=0.0)
+    # A new item (no interactions yet) is given the prior of the item at this quantile
+    # of today's known items: how far up new items start (a cold-item vs warm trade-off).
+    new_item_quantile: float = setting(0.75, at_least=0.0, at_most=1.0)
+
+
+@dataclasses.dataclass
 class RetrainConfig:
     # Epochs of warm-started training on all data (old + new interactions).
     epochs: int = setting(4, at_least=1)
@@ -228,6 +245,7 @@ class Config:
     towers: TowerConfig = dataclasses.field(default_factory=TowerConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
+    prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)
     retrain: RetrainConfig = dataclasses.field(default_factory=RetrainConfig)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 

@@ -2,7 +2,9 @@
 
 Every model (towerrec and the baselines) is judged by the same function: it hands over a
 score source [users, catalogue] (see towerrec.pipelines.topk), scored a chunk of users at
-a time; items each user saw in training are not ranked. `evaluation.max_users` evaluates a
+a time; items each user saw in training are not ranked. towerrec's scores are retrieval's:
+the towers' dot product plus the run's item prior at each query's time
+(towerrec.pipelines.prior). `evaluation.max_users` evaluates a
 seeded uniform sample of each split's users instead of all of them.
 """
 from __future__ import annotations
@@ -16,7 +18,13 @@ from towerrec.pipelines.features import (
     sample_users,
     tf_dataset,
 )
-from towerrec.pipelines.topk import DotScores, top_k_scores
+from towerrec.pipelines.prior import (
+    PriorScores,
+    item_log_prior,
+    request_buckets,
+    serving_time,
+)
+from towerrec.pipelines.topk import top_k_scores
 
 import numpy as np
 import pandas as pd
@@ -129,6 +137,24 @@ def query_embeddings(run, queries: Queries) -> np.ndarray:
     return _embed(run.model.query_tower, features, run.text_inputs)
 
 
+def retrieval_scores(run, queries: Queries, candidates: np.ndarray = None,
+                     embeddings: np.ndarray = None) -> PriorScores:
+    """The score source [queries, catalogue] of retrieval: query . candidate + the
+    query's weight * each item's log prior at the query's time (from the training split,
+    before that time). `embeddings`: the queries' embeddings, when already computed."""
+    candidates = candidate_embeddings(run) if candidates is None else candidates
+    embeddings = query_embeddings(run, queries) if embeddings is None else embeddings
+    train = run.splits["train"]
+    weights = run.prior.query_weights((queries.history != "").any(axis=1))
+    if run.prior.off:
+        return PriorScores(embeddings, candidates, weights, np.zeros([1, len(candidates)]),
+                           np.zeros(len(queries), np.int64))
+    starts, bucket = request_buckets(queries.time, len(queries), len(candidates),
+                                     serving_time(train))
+    prior = item_log_prior(train, run.catalogue["item_id"], starts, run.prior)
+    return PriorScores(embeddings, candidates, weights, prior, bucket)
+
+
 def sampled_split(run, split: str) -> pd.DataFrame:
     """The split's interactions of every user, or with `evaluation.max_users` of a seeded
     uniform sample of that many users (seed: `split.seed`)."""
@@ -163,7 +189,7 @@ def evaluate_split(run, split: str, candidates: np.ndarray = None) -> Dict[str, 
     memory: candidates [catalogue, d], query embeddings [users, d], one chunk's scores."""
     queries = split_queries(run, split)
     candidates = candidate_embeddings(run) if candidates is None else candidates
-    metrics = evaluate_scores(DotScores(query_embeddings(run, queries), candidates), queries,
+    metrics = evaluate_scores(retrieval_scores(run, queries, candidates), queries,
                               run.config.evaluation.ks)
     metrics["users_total"] = split_size(run, split)
     return metrics

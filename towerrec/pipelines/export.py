@@ -89,11 +89,21 @@ def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarr
         writer.write(log.SerializeToString())
 
 
-def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
-    """{model name: a small real request for it}, from the run's data (warm-up, tests)."""
+def example_queries(run):
+    """The queries of `example_requests`: the first two training users', the second
+    without its id and history."""
     from towerrec.pipelines.evaluate import training_queries
 
     queries = training_queries(run, 2)
+    queries.user_id[1:] = ""
+    queries.history[1:] = ""
+    return queries
+
+
+def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
+    """{model name: a small real request for it}, from the run's data (warm-up, tests): a
+    known user with a history, and a new user (the second's context only)."""
+    queries = example_queries(run)
     query = {"user_id": utf8(queries.user_id[:2]), "history": utf8(queries.history[:2]),
              "context_text": utf8(queries.context_text[:2])}
     candidate = {}
@@ -137,15 +147,20 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
         query_signature,
         ranker_signature,
     )
+    from towerrec.pipelines.prior import served_candidates
     from towerrec.pipelines.rank import load_ranker, ranker_exists, serving_features
     from towerrec.pipelines.train import check_finite
 
     k = k or run.config.ranker.retrieved
     text = TextEncoding(run.text_inputs.encoder.directory)
     catalogue = Catalogue(run.catalogue["item_id"], run.dataset.items["title"], table_dir)
-    query = QueryModel(run.model.query_tower, text, catalogue, run.config.towers.history_length)
+    prior = None if run.prior.off else (run.prior.weight_with_history,
+                                         run.prior.weight_without_history)
+    query = QueryModel(run.model.query_tower, text, catalogue,
+                       run.config.towers.history_length, prior)
     candidate = CandidateModel(run.model.candidate_tower, text)
-    embeddings = check_finite(candidate_embeddings(run), "candidate embeddings")
+    embeddings = served_candidates(
+        run, check_finite(candidate_embeddings(run), "candidate embeddings"))
     q_spec = query_signature()
     c_spec = candidate_signature(run.dataset.categorical_columns, run.dataset.numeric_columns)
     brute = BruteForceRetrieval(query, embeddings, k)

@@ -31,6 +31,9 @@ class Queries:
     context_text: np.ndarray     # [n] str
     targets: List[np.ndarray]    # catalogue row indices the user interacted with
     exclude: List[np.ndarray]    # catalogue row indices seen in training (not ranked)
+    # [n] seconds: when the query is asked (its first held-out interaction), what the item
+    # prior may look at; None: after every training interaction (as at serving).
+    time: Optional[np.ndarray] = None
 
     def __len__(self):
         return len(self.user_id)
@@ -124,6 +127,7 @@ def evaluation_queries(split: pd.DataFrame, train: pd.DataFrame, catalogue_ids: 
     split_rows = catalogue_rows(catalogue_ids, split["item_id"].to_numpy())
     users, starts = np.unique(split["user_id"].to_numpy(dtype=object), return_index=True)
     contexts = split["context_text"].to_numpy(dtype=object)[starts]
+    times = split["timestamp"].to_numpy(np.float64)[starts]
     targets = ([np.unique(part) for part in np.split(split_rows, starts[1:])]
                if len(starts) else [])
     if known_users:
@@ -142,7 +146,7 @@ def evaluation_queries(split: pd.DataFrame, train: pd.DataFrame, catalogue_ids: 
         histories = [[] for _ in range(len(users))]
         exclude = [np.zeros(0, np.int64) for _ in range(len(users))]
     return Queries(np.asarray(users, dtype=object), pad_history(histories, history_length),
-                   np.asarray(contexts, dtype=object), targets, exclude)
+                   np.asarray(contexts, dtype=object), targets, exclude, times)
 
 
 def catalogue_features(dataset: Dataset) -> Dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.pipelines.features import utf8
@@ -128,11 +128,18 @@ class Catalogue(tf.Module):
 
 
 class QueryModel(tf.Module):
-    """A request (user_id, history of ids or titles, context_text) -> query embeddings."""
+    """A request (user_id, history of ids or titles, context_text) -> query embeddings, and
+    the vectors retrieval searches with.
+
+    `prior_weights` (with a history, without one): the run's item prior weights
+    (towerrec.pipelines.prior); a search vector then ends with the request's weight, and
+    the candidates it is searched against with their log prior. None: no prior.
+    """
 
     def __init__(self, query_tower, text: TextEncoding, catalogue: Catalogue,
-                 history_length: int):
+                 history_length: int, prior_weights: Optional[Tuple[float, float]] = None):
         super().__init__()
+        self.prior_weights = prior_weights
         self.query_tower = query_tower
         # Tracked here, not by the tower: its catalogue-sized tables are saved with the
         # export (as variables), not with the tower's weights.
@@ -151,12 +158,26 @@ class QueryModel(tf.Module):
         missing = self.history_length - tf.shape(rows)[1]
         return tf.pad(rows, [[0, 0], [missing, 0]], constant_values=NO_ROW)
 
-    def embed(self, request):
+    def embed(self, request, history_rows=None):
+        """Query embeddings [n, d]; `history_rows`: the request's, when already resolved."""
         features = self.query_features({
             "user_id": request["user_id"],
-            "history_rows": self.history_rows(request),
+            "history_rows": (self.history_rows(request) if history_rows is None
+                             else history_rows),
             "context": self.text(request["context_text"])})
         return self.query_tower(features, training=False)
+
+    def search(self, request):
+        """(search vectors [n, d] or, with a prior, [n, d + 1]; history rows [n, h])."""
+        rows = self.history_rows(request)
+        query = self.embed(request, rows)
+        if self.prior_weights is None:
+            return query, rows
+        with_history, without = self.prior_weights
+        weight = tf.where(tf.reduce_any(rows != NO_ROW, axis=1, keepdims=True),
+                          tf.constant(with_history, query.dtype),
+                          tf.constant(without, query.dtype))
+        return tf.concat([query, weight], axis=1), rows
 
 
 class CandidateModel(tf.Module):
@@ -195,11 +216,10 @@ class BruteForceRetrieval(tf.Module):
         self.k = min(k, len(embeddings))
 
     def top_k(self, request):
-        """(query embeddings [n, d], catalogue rows [n, k], scores [n, k])."""
-        query = self.query.embed(request)
+        """(search vectors [n, d], catalogue rows [n, k], scores [n, k])."""
+        query, history_rows = self.query.search(request)
         scores = tf.matmul(query, self.candidate_embeddings, transpose_b=True)
-        top = tf.math.top_k(without_history(scores, self.query.history_rows(request)),
-                            k=self.k)
+        top = tf.math.top_k(without_history(scores, history_rows), k=self.k)
         return query, tf.cast(top.indices, tf.int64), top.values
 
     def retrieve(self, request):
@@ -227,14 +247,14 @@ class ScannRetrieval(tf.Module):
             embeddings, settings, tensorflow_ops=True).build().serialize_to_module()
 
     def top_k(self, request):
-        """(query embeddings [n, d], catalogue rows [n, k], scores [n, k])."""
+        """(search vectors [n, d], catalogue rows [n, k], scores [n, k])."""
         from scann.scann_ops.py import scann_ops
 
-        query = self.query.embed(request)
+        query, history_rows = self.query.search(request)
         searcher = scann_ops.searcher_from_module(self.scann_state)
         rows, scores = searcher.search_batched(query, final_num_neighbors=self.searched)
         rows = tf.cast(rows, tf.int64)
-        scores = without_history(scores, self.query.history_rows(request), rows)
+        scores = without_history(scores, history_rows, rows)
         top = tf.math.top_k(scores, k=self.k)
         return query, tf.gather(rows, top.indices, batch_dims=1), top.values
 
@@ -254,7 +274,7 @@ class Ranking(tf.Module):
         self.features = features
 
     def score(self, request, query, rows):
-        """Ranker scores [n, k] of catalogue rows [n, k] for the request's query [n, d]."""
+        """Ranker scores [n, k] of catalogue rows [n, k] for the request's search vectors."""
         embeddings = tf.gather(self.retrieval.candidate_embeddings, tf.maximum(rows, 0))
         retrieval_scores = tf.reduce_sum(query[:, None, :] * tf.cast(embeddings, query.dtype),
                                          axis=2)
@@ -265,7 +285,7 @@ class Ranking(tf.Module):
 
     def rank(self, request):
         rows = self.retrieval.query.catalogue.rows.lookup(request["item_ids"])
-        query = self.retrieval.query.embed(request)
+        query, _ = self.retrieval.query.search(request)
         return {"scores": self.score(request, query, rows)}
 
 

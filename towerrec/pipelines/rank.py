@@ -26,17 +26,17 @@ import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.memory import release_memory
 from towerrec.pipelines.config import Config
 from towerrec.pipelines.evaluate import (
-    candidate_embeddings,
-    query_embeddings,
     ranking_metrics,
+    retrieval_scores,
     split_queries,
     split_size,
     target_hits,
 )
 from towerrec.pipelines.features import Queries, catalogue_rows, evaluation_queries, sample_users
+from towerrec.pipelines.prior import load_prior
 from towerrec.pipelines.publish import MODEL_WEIGHTS
 from towerrec.pipelines.splits import hold_out_last, save_splits
-from towerrec.pipelines.topk import DotScores, top_k_scores
+from towerrec.pipelines.topk import top_k_scores
 from towerrec.pipelines.train import Run, load_run, train
 from towerrec.towers.features import MULTI_VALUE_SEPARATOR
 from towerrec.towers.ranking import Ranker, rerank_order
@@ -184,9 +184,7 @@ def history_rows(run: Run, history: np.ndarray) -> np.ndarray:
 def candidate_lists(run: Run, queries: Queries, k: int = None) -> CandidateLists:
     """Retrieval's top-k per query (training items excluded), labelled by the targets."""
     k = k or run.config.ranker.retrieved
-    rows, scores = top_k_scores(
-        DotScores(query_embeddings(run, queries), candidate_embeddings(run)), k,
-        queries.exclude)
+    rows, scores = top_k_scores(retrieval_scores(run, queries), k, queries.exclude)
     return CandidateLists(rows, scores, history_rows(run, queries.history),
                           target_hits(rows, queries.targets).astype(np.float32))
 
@@ -270,6 +268,8 @@ def _fit_ranker(config: Config, verbose: int) -> Ranker:
     """The ranker, trained on lists of a retrieval model that has not seen their answers,
     and saved in the run folder."""
     early, held = _early_retrieval(config)
+    # Its lists are retrieved as the served model's are: with the run's item prior.
+    early.prior = load_prior(config.run_path / "model", config.prior)
     earlier = early.splits["train"]
     history_length = config.towers.history_length
     queries = [evaluation_queries(

@@ -251,7 +251,7 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
         splits = pd.read_parquet(generation / "splits" / "train.parquet")
         run = train(gen_config, verbose=verbose, warm_start=warm_start_from(previous),
                     vocabularies=extend_vocabularies(previous.vocabularies, splits),
-                    epochs=config.retrain.epochs)
+                    epochs=config.retrain.epochs, prior=previous.prior)
         (generation / GENERATION_FILE).write_text(json.dumps(
             {"source": str(source), "new_interactions": len(interactions),
              "new_items": 0 if items is None else len(items)}))

@@ -19,6 +19,13 @@ from towerrec.pipelines.features import (
     tf_dataset,
     training_examples,
 )
+from towerrec.pipelines.prior import (
+    NO_PRIOR,
+    PriorSettings,
+    configured_prior,
+    load_prior,
+    save_prior,
+)
 from towerrec.pipelines.splits import get_splits
 from towerrec.pipelines.stages import stage
 from towerrec.towers.optimizers import LazyAdam
@@ -44,6 +51,8 @@ class Run:
     vocabularies: Vocabularies
     catalogue: Dict[str, np.ndarray]
     model: TwoTowerModel
+    # The item prior retrieval adds to the towers' scores (towerrec.pipelines.prior).
+    prior: PriorSettings = NO_PRIOR
 
 
 def vocabularies_from(dataset: Dataset, train: pd.DataFrame) -> Vocabularies:
@@ -230,12 +239,14 @@ class _EpochEvaluation(tf.keras.callbacks.Callback):
 def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
           warm_start: Optional[Callable[[Run], None]] = None,
           vocabularies: Optional[Vocabularies] = None,
-          epochs: Optional[int] = None) -> Run:
+          epochs: Optional[int] = None, prior: Optional[PriorSettings] = None) -> Run:
     """Trains the two towers and writes weights, vocabularies, logs and checkpoints, under
     the strategy, XLA and precision settings of `config.training`.
 
     `warm_start(run)`, when given, sets the new model's weights before training (retrain);
-    `vocabularies` then are the extended ones it was built with."""
+    `vocabularies` then are the extended ones it was built with. `prior`: the item prior
+    saved with the model (default: the config's, or none when the config asks for it to
+    be calibrated, which towerrec.pipelines.calibrate does after training)."""
     t = config.training
     strategy = choose_strategy(t.strategy)
     xla = use_xla(t.jit_compile, strategy)
@@ -243,6 +254,7 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
         raise ConfigError(f"training.batch_size {t.batch_size} does not split evenly over "
                           f"the replicas ({describe(strategy, xla)})")
     run = prepare(config, encoder_dir, vocabularies=vocabularies, strategy=strategy)
+    run.prior = prior or configured_prior(config.prior)
     if warm_start is not None:
         warm_start(run)
     with stage("build features") as record:
@@ -300,6 +312,7 @@ def save_model(run: Run) -> None:
     (directory / "vocabularies.json").write_text(
         json.dumps(dataclasses.asdict(run.vocabularies)))
     (directory / "config.json").write_text(json.dumps(to_dict(run.config), indent=2))
+    save_prior(run.prior, directory)
 
 
 def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
@@ -315,4 +328,5 @@ def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
     candidate_embeddings(run)  # builds the variables before they are restored
     status = tf.train.Checkpoint(model=run.model).read(str(directory / "weights"))
     status.expect_partial()
+    run.prior = load_prior(directory, config.prior)
     return run

@@ -1,0 +1,126 @@
+"""The item prior's settings, chosen on validation data (`prior.calibrate`).
+
+A second model trains on the training split carved as the test was
+(`validation_splits`: the same protocol, another seed); on its held-out splits every
+half-life and weight of a small grid is scored, and the best kept. The test is never
+looked at. Requests with a history (warm, future) choose `weight_with_history`, requests
+without one (cold_user) `weight_without_history`, and the half-life is the one best for
+both together (the sum over those splits of log(NDCG@10 with the prior / without)).
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from typing import Dict, List, Optional
+
+from towerrec.pipelines.evaluate import (
+    candidate_embeddings,
+    evaluate_scores,
+    query_embeddings,
+    retrieval_scores,
+    split_queries,
+)
+from towerrec.pipelines.prior import NO_PRIOR, PriorSettings, save_prior
+from towerrec.pipelines.splits import save_splits, validation_splits
+from towerrec.pipelines.stages import stage
+from towerrec.pipelines.train import Run, train
+
+import numpy as np
+
+CALIBRATION_DIR = "calibration"
+HALF_LIVES_DAYS = (None, 3.0, 7.0, 14.0, 30.0, 90.0)
+WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+METRIC = "ndcg_at_10"
+
+
+@dataclasses.dataclass
+class _Held:
+    """A validation split's queries, their embeddings, and whether they have a history."""
+    name: str
+    queries: object
+    embeddings: np.ndarray
+    with_history: bool
+
+
+def calibrate_prior(run: Run) -> PriorSettings:
+    """Chooses `run`'s prior on validation data when its config asks for it, saves it with
+    the model, and returns it (the run's as it was otherwise)."""
+    config = run.config
+    if not config.prior.calibrate:
+        return run.prior
+    directory = config.run_path / CALIBRATION_DIR
+    shutil.rmtree(directory, ignore_errors=True)
+    splits = validation_splits(run.splits["train"], config.split)
+    save_splits(splits, directory / "splits")
+    with stage("calibrate prior: train on the validation split"):
+        validation = train(dataclasses.replace(config, run_dir=str(directory)),
+                           encoder_dir=config.run_path / "encoder", verbose=0,
+                           prior=NO_PRIOR)
+    with stage("calibrate prior: grid"):
+        settings = choose(validation, config.prior)
+    shutil.rmtree(directory, ignore_errors=True)
+    run.prior = settings
+    save_prior(settings, config.run_path / "model")
+    print(describe(settings))
+    return settings
+
+
+def choose(validation: Run, prior_config) -> PriorSettings:
+    """The best settings of the grid on `validation`'s held-out splits (those judged by
+    NDCG@10 whose queries all have a history, or all have none)."""
+    candidates = candidate_embeddings(validation)
+    held = []
+    for name in (s for s in validation.splits if s not in ("train", "cold_item")):
+        if not len(validation.splits[name]):
+            continue
+        queries = split_queries(validation, name)
+        has_history = (queries.history != "").any(axis=1)
+        if has_history.all() or not has_history.any():
+            held.append(_Held(name, queries, query_embeddings(validation, queries),
+                              bool(has_history.all())))
+    # scores[half_life][split][weight]
+    scores: Dict[Optional[float], Dict[str, List[float]]] = {}
+    for half_life in HALF_LIVES_DAYS:
+        scores[half_life] = {h.name: [
+            _metric(validation, h, candidates, PriorSettings(
+                half_life, w, w, prior_config.new_item_quantile)) for w in WEIGHTS]
+            for h in held}
+
+    def fit(half_life):
+        return sum(np.log(max(max(s), 1e-9) / max(s[0], 1e-9))
+                   for s in scores[half_life].values())
+
+    half_life = max(HALF_LIVES_DAYS, key=fit)
+    weights = {}
+    for with_history in (True, False):
+        judged = [h.name for h in held if h.with_history == with_history]
+        if judged:
+            total = np.sum([scores[half_life][name] for name in judged], axis=0)
+            weights[with_history] = WEIGHTS[int(np.argmax(total))]
+    chosen = {"calibrated": True, "metric": METRIC, "validation": {
+        h.name: {"without_prior": scores[half_life][h.name][0],
+                 "with_prior": scores[half_life][h.name][
+                     WEIGHTS.index(weights[h.with_history])]} for h in held}}
+    return PriorSettings(
+        half_life, weights.get(True, prior_config.weight_with_history),
+        weights.get(False, prior_config.weight_without_history),
+        prior_config.new_item_quantile, chosen)
+
+
+def _metric(run: Run, held: _Held, candidates: np.ndarray, settings: PriorSettings) -> float:
+    scores = retrieval_scores(dataclasses.replace(run, prior=settings), held.queries,
+                              candidates, held.embeddings)
+    return evaluate_scores(scores, held.queries)[METRIC]
+
+
+def describe(settings: PriorSettings) -> str:
+    half_life = ("all-time counts" if settings.half_life_days is None
+                 else f"half-life {settings.half_life_days:g} days")
+    line = (f"item prior: {half_life}, weight {settings.weight_with_history:g} with a "
+            f"history, {settings.weight_without_history:g} without")
+    validation = settings.chosen.get("validation")
+    if validation:
+        line += "; chosen on validation, NDCG@10 " + ", ".join(
+            f"{name} {v['without_prior']:.4f} -> {v['with_prior']:.4f}"
+            for name, v in validation.items())
+    return line
