@@ -304,7 +304,8 @@ def benchmark_run(config: Config) -> dict:
     print()
     print(markdown_table(results))
     print(f"\n{METRIC_NOTE}\n")
-    return {"results": results, "settings": settings}
+    return {"results": results, "settings": settings,
+            "towerrec_prior": dataclasses.asdict(run.prior)}
 
 
 def summary(runs: List[dict]) -> Dict[str, Dict[str, Dict[str, dict]]]:

@@ -1,8 +1,10 @@
-"""Tiny BERT, real data: train + evaluate on a MovieLens slice; beats popularity (warm)."""
+"""Tiny BERT, real data: train, calibrate the item prior and evaluate on a MovieLens slice;
+beats popularity (warm)."""
 from __future__ import annotations
 
 import json
 
+from towerrec.pipelines.calibrate import CALIBRATION_DIR, HALF_LIVES_DAYS, WEIGHTS, calibrate_prior
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import to_dict
 from towerrec.pipelines.evaluate import evaluate_run, evaluate_scores, split_queries
@@ -18,6 +20,18 @@ def test_train_and_evaluate_beats_popularity_on_warm(tiny_encoder_dir, movielens
                                                      tmp_path):
     config = slice_config(movielens_slice, tmp_path, **{"training.epochs": 8})
     run = train(config, encoder_dir=tiny_encoder_dir, verbose=0)
+    assert run.prior.off  # `prior.calibrate` (the default): none until calibrated
+    (tmp_path / "encoder").symlink_to(tiny_encoder_dir)
+    settings = calibrate_prior(run)
+    assert run.prior == settings and settings.chosen["calibrated"]
+    assert settings.half_life_days in HALF_LIVES_DAYS
+    assert {settings.weight_with_history, settings.weight_without_history} <= set(WEIGHTS)
+    # Validation chose by its figures: the chosen weights did at least as well as none.
+    validation = settings.chosen["validation"]
+    assert set(validation) == {"warm", "cold_user"}
+    for figures in validation.values():
+        assert figures["with_prior"] >= figures["without_prior"]
+    assert not (tmp_path / CALIBRATION_DIR).exists()  # the validation model is gone
     metrics = evaluate_run(run)
     assert set(metrics) == {"warm", "cold_item", "cold_user"}
 
@@ -37,8 +51,7 @@ def test_train_and_evaluate_beats_popularity_on_warm(tiny_encoder_dir, movielens
     assert list((tmp_path / "checkpoints").glob("ckpt-*.index"))
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(to_dict(config)))
-    (tmp_path / "encoder").symlink_to(tiny_encoder_dir)
-    assert main(["evaluate", "--config", str(config_path)]) == 0
+    assert main(["evaluate", "--config", str(config_path)]) == 0  # with the saved prior
     reloaded = json.loads((tmp_path / "evaluation.json").read_text())
     for split in metrics:
         for name in ("recall_at_10", "recall_at_100", "ndcg_at_10"):

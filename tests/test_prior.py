@@ -1,0 +1,93 @@
+"""The item prior: hand-computed decayed counts, no look past the request, new items."""
+from __future__ import annotations
+
+from towerrec.pipelines.prior import (
+    DAY,
+    SMOOTHING,
+    PriorScores,
+    PriorSettings,
+    decayed_counts,
+    item_log_prior,
+    log_prior,
+    request_buckets,
+)
+
+import numpy as np
+import pandas as pd
+import pytest
+
+# item 0 at day 0 and day 2, item 1 at day 1; item 2 never.
+ROWS = np.array([0, 1, 0])
+TIMES = np.array([0.0, 1.0, 2.0]) * DAY
+
+
+def test_hand_computed_decayed_counts_count_only_what_came_before():
+    decayed, plain = decayed_counts(ROWS, TIMES, 3, np.array([3.0, 1.0]) * DAY,
+                                    half_life_days=1.0)
+    # At day 1: item 0 one day old (0.5); item 1's interaction is not strictly before.
+    np.testing.assert_allclose(decayed[1], [0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(plain[1], [1, 0, 0])
+    # At day 3: item 0 three days and one day old, item 1 two days old.
+    np.testing.assert_allclose(decayed[0], [0.125 + 0.5, 0.25, 0.0])
+    np.testing.assert_array_equal(plain[0], [2, 1, 0])
+    all_time, _ = decayed_counts(ROWS, TIMES, 3, [3.0 * DAY], half_life_days=None)
+    np.testing.assert_array_equal(all_time[0], [2, 1, 0])
+
+
+def test_interactions_at_or_after_the_request_time_change_nothing():
+    at = np.array([1.5, 2.0]) * DAY
+    before, _ = decayed_counts(ROWS, TIMES, 3, at, 7.0)
+    later_rows = np.concatenate([ROWS, [2, 2, 1]])
+    later_times = np.concatenate([TIMES, np.array([2.0, 5.0, 9.0]) * DAY])
+    after, _ = decayed_counts(later_rows, later_times, 3, at, 7.0)
+    np.testing.assert_array_equal(before, after)
+
+
+def test_log_prior_is_a_smoothed_share_and_new_items_take_the_quantile():
+    decayed = np.array([[3.0, 1.0, 0.0, 0.0]])
+    plain = np.array([[3, 1, 0, 0]])
+    total = 4.0 + 4 * SMOOTHING
+    known = np.log(np.array([3.5, 1.5]) / total)
+    for quantile, new in ((0.0, known[1]), (1.0, known[0]),
+                          (0.5, np.quantile(known, 0.5))):
+        np.testing.assert_allclose(log_prior(decayed, plain, quantile)[0],
+                                   [known[0], known[1], new, new], rtol=1e-6)
+
+
+def test_item_log_prior_reads_ids_and_leaves_unknown_ids_out():
+    interactions = pd.DataFrame({"item_id": ["b", "a", "b", "zz"],
+                                 "timestamp": [0, DAY, 2 * DAY, 0]})
+    settings = PriorSettings(None, 1.0, 1.0, new_item_quantile=0.0)
+    prior = item_log_prior(interactions, np.array(["a", "b", "c"], dtype=object),
+                           np.array([3 * DAY]), settings)
+    total = 3 + 3 * SMOOTHING
+    np.testing.assert_allclose(np.exp(prior[0]), [1.5 / total, 2.5 / total, 1.5 / total],
+                               rtol=1e-6)  # "c" is new: the lowest known share
+
+
+def test_prior_scores_are_the_dot_product_plus_each_querys_prior_row():
+    rng = np.random.default_rng(0)
+    queries, candidates = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+    weights, prior = rng.random(5), rng.normal(size=(2, 7))
+    row = np.array([0, 1, 1, 0, 1])
+    scores = PriorScores(queries, candidates, weights, prior, row)
+    expected = queries @ candidates.T + weights[:, None] * prior[row]
+    np.testing.assert_allclose(scores[1:4], expected[1:4], rtol=1e-5)
+    assert scores.shape == (5, 7)
+
+
+@pytest.mark.parametrize("budget", [10 ** 6, 30])
+def test_request_buckets_start_at_or_before_their_requests(budget):
+    times = np.array([0.5, 0.7, 3.2, 10.1, 10.9]) * DAY
+    starts, bucket = request_buckets(times, 5, num_items=10, default=0.0, budget=budget)
+    assert (starts[bucket] <= times).all()
+    assert len(starts) * 10 <= budget or len(starts) == 1
+    if budget > 100:
+        np.testing.assert_array_equal(starts, np.array([0.0, 3.0, 10.0]) * DAY)
+    none_starts, none_bucket = request_buckets(None, 3, 10, default=42.0)
+    assert none_starts.tolist() == [42.0] and none_bucket.tolist() == [0, 0, 0]
+
+
+def test_query_weights_follow_the_history():
+    settings = PriorSettings(7.0, 0.1, 0.4, 0.5)
+    np.testing.assert_allclose(settings.query_weights(np.array([True, False])), [0.1, 0.4])
