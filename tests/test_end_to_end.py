@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from towerrec.pipelines.calibrate import CALIBRATION_DIR, HALF_LIVES_DAYS, WEIGHTS, calibrate_prior
+from towerrec.pipelines.calibrate import (
+    CALIBRATION_DIR,
+    HALF_LIVES_DAYS,
+    NEW_ITEM_QUANTILES,
+    WEIGHTS,
+    calibrate_prior,
+)
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.config import to_dict
 from towerrec.pipelines.evaluate import evaluate_run, evaluate_scores, split_queries
@@ -31,6 +37,10 @@ def test_train_and_evaluate_beats_popularity_on_warm(tiny_encoder_dir, movielens
     assert set(validation) == {"warm", "cold_user"}
     for figures in validation.values():
         assert figures["with_prior"] >= figures["without_prior"]
+    # New items start at the lowest quantile that finds them as often as no prior does.
+    cold = settings.chosen["cold_item"]
+    assert settings.new_item_quantile in NEW_ITEM_QUANTILES
+    assert cold["with_prior"] >= cold["without_prior"] or settings.new_item_quantile == 1.0
     assert not (tmp_path / CALIBRATION_DIR).exists()  # the validation model is gone
     metrics = evaluate_run(run)
     assert set(metrics) == {"warm", "cold_item", "cold_user"}

@@ -5,7 +5,9 @@ A second model trains on the training split carved as the test was
 half-life and weight of a small grid is scored, and the best kept. The test is never
 looked at. Requests with a history (warm, future) choose `weight_with_history`, requests
 without one (cold_user) `weight_without_history`, and the half-life is the one best for
-both together (the sum over those splits of log(NDCG@10 with the prior / without)).
+both together (the sum over those splits of log(NDCG@10 with the prior / without)). With
+a cold_item split, the new items' quantile is the lowest that finds them as often as no
+prior does (`_new_item_quantile`); otherwise it is the config's.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ CALIBRATION_DIR = "calibration"
 HALF_LIVES_DAYS = (None, 3.0, 7.0, 14.0, 30.0, 90.0)
 WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 METRIC = "ndcg_at_10"
+NEW_ITEM_QUANTILES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+NEW_ITEM_METRIC = "recall_at_100"
 
 
 @dataclasses.dataclass
@@ -101,16 +105,40 @@ def choose(validation: Run, prior_config) -> PriorSettings:
         h.name: {"without_prior": scores[half_life][h.name][0],
                  "with_prior": scores[half_life][h.name][
                      WEIGHTS.index(weights[h.with_history])]} for h in held}}
-    return PriorSettings(
+    settings = PriorSettings(
         half_life, weights.get(True, prior_config.weight_with_history),
         weights.get(False, prior_config.weight_without_history),
         prior_config.new_item_quantile, chosen)
+    if "cold_item" in validation.splits and len(validation.splits["cold_item"]):
+        settings = _new_item_quantile(validation, candidates, settings)
+    return settings
 
 
-def _metric(run: Run, held: _Held, candidates: np.ndarray, settings: PriorSettings) -> float:
+def _new_item_quantile(validation: Run, candidates: np.ndarray,
+                       settings: PriorSettings) -> PriorSettings:
+    """The lowest quantile of NEW_ITEM_QUANTILES at which new items are found as often
+    (Recall@100 on the cold_item split) as with no prior at all: the prior is for ranking
+    known items, not for burying new ones."""
+    queries = split_queries(validation, "cold_item")
+    held = _Held("cold_item", queries, query_embeddings(validation, queries), True)
+    without = _metric(validation, held, candidates, NO_PRIOR, NEW_ITEM_METRIC)
+    quantile, reach = NEW_ITEM_QUANTILES[-1], None
+    for q in NEW_ITEM_QUANTILES:
+        reach = _metric(validation, held, candidates,
+                        dataclasses.replace(settings, new_item_quantile=q), NEW_ITEM_METRIC)
+        if reach >= without:
+            quantile = q
+            break
+    chosen = dict(settings.chosen, cold_item={
+        "metric": NEW_ITEM_METRIC, "without_prior": without, "with_prior": reach})
+    return dataclasses.replace(settings, new_item_quantile=quantile, chosen=chosen)
+
+
+def _metric(run: Run, held: _Held, candidates: np.ndarray, settings: PriorSettings,
+            metric: str = METRIC) -> float:
     scores = retrieval_scores(dataclasses.replace(run, prior=settings), held.queries,
                               candidates, held.embeddings)
-    return evaluate_scores(scores, held.queries)[METRIC]
+    return evaluate_scores(scores, held.queries)[metric]
 
 
 def describe(settings: PriorSettings) -> str:
@@ -118,9 +146,14 @@ def describe(settings: PriorSettings) -> str:
                  else f"half-life {settings.half_life_days:g} days")
     line = (f"item prior: {half_life}, weight {settings.weight_with_history:g} with a "
             f"history, {settings.weight_without_history:g} without")
+    line += f"; new items start at the {settings.new_item_quantile:g} quantile"
     validation = settings.chosen.get("validation")
     if validation:
         line += "; chosen on validation, NDCG@10 " + ", ".join(
             f"{name} {v['without_prior']:.4f} -> {v['with_prior']:.4f}"
             for name, v in validation.items())
+    cold = settings.chosen.get("cold_item")
+    if cold:
+        line += (f", cold_item Recall@100 {cold['without_prior']:.4f} -> "
+                 f"{cold['with_prior']:.4f}")
     return line

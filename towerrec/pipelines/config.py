@@ -206,6 +206,7 @@ class PriorConfig:
     weight_without_history: float = setting(0.2, at_least=0.0)
     # A new item (no interactions yet) is given the prior of the item at this quantile
     # of today's known items: how far up new items start (a cold-item vs warm trade-off).
+    # Calibration chooses it on a cold_item validation split when there is one.
     new_item_quantile: float = setting(0.75, at_least=0.0, at_most=1.0)
 
 
