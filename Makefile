@@ -7,7 +7,7 @@ export TOWERREC_CACHE := $(CACHE)
 CONFIG ?= configs/movielens.yaml
 MODELS ?= models
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test test-fast lint benchmark clean
 
 setup: $(VENV)/.installed $(CACHE)/recbole-1.2.1-py3-none-any.whl
 
@@ -33,9 +33,17 @@ demo: setup
 	$(BIN)/towerrec export --config $(CONFIG) --model-base-path $(MODELS)
 	BIN=$(BIN) MODELS=$(MODELS) scripts/serve_and_query.sh
 
-test: setup
+lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/check_imports.py
+
+# Everything (CI): lint, then every test, the large ones (trained models, served exports,
+# fresh processes) included.
+test: lint
+	$(BIN)/python -m pytest -q --run_large
+
+# The fast tier while you work: lint and the tests not marked large.
+test-fast: lint
 	$(BIN)/python -m pytest -q
 
 benchmark: setup

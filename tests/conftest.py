@@ -11,6 +11,27 @@ from towerrec.towers.text_encoder import export_text_encoder, resolve_preset, ti
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run_large", action="store_true", default=False,
+                     help="also run the tests marked large (trained models, served "
+                          "exports, fresh processes); `make test` and CI do")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "large: trains a model, serves exports or starts processes (minutes); "
+                   "run with --run_large")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run_large"):
+        return
+    skip = pytest.mark.skip(reason="large: run with --run_large (make test)")
+    for item in items:
+        if "large" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def movielens():
     return load_movielens_100k()
