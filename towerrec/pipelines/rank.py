@@ -2,9 +2,11 @@
 
 Retrieval has seen every training interaction, so its lists for training users would put
 their training items on top for free. The ranker's lists therefore come from a second
-retrieval model trained on each user's earlier 80% of training interactions, with 10% of
-the items held out entirely (they are new items to it, as cold items are at serving); the
-later 20% are the positives the ranker learns to lift within those lists. Every user gives
+retrieval model trained on each user's earlier 80% of training interactions (under
+`split.protocol: future`, on the training data before a time cut, as the test was carved),
+with 10% of the items held out entirely (they are new items to it, as cold items are at
+serving); the later interactions are the positives the ranker learns to lift within those
+lists. Every user gives
 two lists: one with their id and history (a warm request) and one with the context text
 alone (a new user's request). At serving (and in evaluation) the ranker rescores the full
 retrieval model's top-K with item tables built from all training interactions.
@@ -35,7 +37,7 @@ from towerrec.pipelines.evaluate import (
 from towerrec.pipelines.features import Queries, catalogue_rows, evaluation_queries, sample_users
 from towerrec.pipelines.prior import load_prior
 from towerrec.pipelines.publish import MODEL_WEIGHTS
-from towerrec.pipelines.splits import hold_out_last, save_splits
+from towerrec.pipelines.splits import future_split, hold_out_last, save_splits
 from towerrec.pipelines.topk import top_k_scores
 from towerrec.pipelines.train import Run, load_run, train
 from towerrec.towers.features import MULTI_VALUE_SEPARATOR
@@ -237,8 +239,12 @@ def _early_retrieval(config: Config):
     new_items = held_out(train_split["item_id"], config.split.cold_item_fraction,
                          config.split.seed + 2)
     is_new_user = train_split["user_id"].isin(new_users)
-    earlier, later = hold_out_last(train_split[~is_new_user],
-                                   config.split.warm_test_fraction)
+    if config.split.protocol == "future":  # the lists are carved as the test was
+        carved = future_split(train_split[~is_new_user], config.split.future_fraction)
+        earlier, later = carved["train"], carved["future"]
+    else:
+        earlier, later = hold_out_last(train_split[~is_new_user],
+                                       config.split.warm_test_fraction)
     earlier = earlier[~earlier["item_id"].isin(new_items)]
     splits = {"train": earlier, "later": later, "new_users": train_split[is_new_user]}
     save_splits(splits, directory / "splits")
