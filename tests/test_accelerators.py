@@ -53,6 +53,7 @@ def _run_dir(tmp_path: Path, encoder_dir: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.large
 def test_mirrored_over_two_devices_with_xla_lowers_the_loss(
         tiny_encoder_dir, movielens_slice, tmp_path):
     config = slice_config(movielens_slice, _run_dir(tmp_path, tiny_encoder_dir), **{
@@ -120,6 +121,7 @@ def _string_ops(function) -> list:
                    if any(t.dtype == tf.string for t in list(op.inputs) + op.outputs)})
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("fine_tune", [False, True])
 def test_the_training_step_reads_static_numbers_and_compiles_with_xla(
         tiny_encoder_dir, movielens_slice, tmp_path, fine_tune):
@@ -140,6 +142,7 @@ def test_the_training_step_reads_static_numbers_and_compiles_with_xla(
         assert _string_ops(tf.function(tower).get_concrete_function(data.element_spec)) == []
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_keeps_tower_outputs_and_loss_float32(
         tiny_encoder_dir, movielens_slice, tmp_path, policy):

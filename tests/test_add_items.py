@@ -23,6 +23,10 @@ import yaml
 
 from tests.conftest import slice_config
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 NEW = pd.DataFrame({
     "item_id": ["new-1", "new-2"],
     # The slice's items are generic CSV whose text column holds MovieLens' full item text.

@@ -4,6 +4,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 
 def test_tensorflows_own_noise_is_hidden_unless_verbose():
     script = ("import sys; from towerrec.pipelines.cli import quiet_tensorflow; "

@@ -12,6 +12,10 @@ import pytest
 
 from tests.conftest import slice_config
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 
 def test_a_diverging_training_saves_nothing_and_export_refuses_nan(
         tiny_encoder_dir, movielens_slice, tmp_path):

@@ -76,6 +76,7 @@ def test_cached_vectors_equal_fresh_ones_in_order(encoder_dir, capsys):
     assert again.encode([]).shape == (0, encoder.dim)
 
 
+@pytest.mark.large
 def test_a_killed_encode_resumes_where_it_stopped(encoder_dir, tmp_path):
     texts = _texts(3000)
     (tmp_path / "texts.json").write_text(json.dumps(texts))

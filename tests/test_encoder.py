@@ -47,6 +47,7 @@ def test_frozen_encoder_weights_do_not_change(tiny_encoder_dir):
     assert not any(changed)
 
 
+@pytest.mark.large
 def test_frozen_training_leaves_encoder_and_cache_consistent(
         tiny_encoder_dir, movielens_slice, tmp_path):
     before = _encoder_weights(tiny_encoder_dir)
@@ -59,6 +60,7 @@ def test_frozen_training_leaves_encoder_and_cache_consistent(
     np.testing.assert_allclose(cached, fresh, atol=1e-5)
 
 
+@pytest.mark.large
 def test_fine_tune_option_trains_the_encoder_inside_the_towers(
         tiny_encoder_dir, movielens_slice, tmp_path):
     before = _encoder_weights(tiny_encoder_dir)
@@ -83,6 +85,7 @@ def test_padding_does_not_change_embeddings(tiny_encoder_dir):
     np.testing.assert_allclose(full, trimmed, atol=1e-5)
 
 
+@pytest.mark.large
 def test_real_minilm_checkpoint(minilm_dir):
     """The bundled all-MiniLM-L6-v2: exported, reloaded, equal to keras-hub in process."""
     from towerrec.towers.text_encoder import resolve_preset

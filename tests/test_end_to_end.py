@@ -17,9 +17,14 @@ from towerrec.pipelines.evaluate import evaluate_run, evaluate_scores, split_que
 from towerrec.pipelines.train import train
 
 import numpy as np
+import pytest
 import yaml
 
 from tests.conftest import slice_config
+
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
 
 
 def test_train_and_evaluate_beats_popularity_on_warm(tiny_encoder_dir, movielens_slice,

@@ -40,6 +40,7 @@ def trained_ranker(run):
     return results, load_ranker(run)
 
 
+@pytest.mark.large
 def test_hold_out_last_is_temporal_per_user(run):
     earlier, later = hold_out_last(run.splits["train"], 0.2)
     assert len(earlier) + len(later) == len(run.splits["train"])
@@ -60,6 +61,7 @@ def test_cooccurrence_neighbours_are_items_seen_by_the_same_users():
     assert 3 not in neighbours
 
 
+@pytest.mark.large
 def test_lists_label_the_held_out_items_and_features_are_finite(run):
     queries = split_queries(run, "warm")
     lists = candidate_lists(run, queries, k=50)
@@ -80,6 +82,7 @@ def test_rerank_order_keeps_new_items_in_their_slots():
     assert rerank_order(scores, is_new).numpy().tolist() == [[2, 1, 3, 0, 4]]
 
 
+@pytest.mark.large
 def test_rerank_only_reorders_and_cold_items_keep_their_slots(run, trained_ranker):
     _, ranker = trained_ranker
     features = ranking_features(run, run.splits["train"])
@@ -93,6 +96,7 @@ def test_rerank_only_reorders_and_cold_items_keep_their_slots(run, trained_ranke
     assert (reordered != lists.rows).any()
 
 
+@pytest.mark.large
 def test_saved_ranker_scores_as_the_trained_one(run, trained_ranker):
     results, ranker = trained_ranker
     from towerrec.pipelines.rank import evaluate_two_stages

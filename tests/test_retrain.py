@@ -35,6 +35,10 @@ import pandas as pd
 import pytest
 import yaml
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 STAR_WARS_FANS_ALSO = ["50", "172", "181"]  # Star Wars, Empire, Return of the Jedi
 PHANTOM = "new-phantom-menace"
 REPO = Path(__file__).resolve().parents[1]

@@ -18,6 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 
 def _synthetic_run(size: str, root: Path, encoder_dir: Path, **overrides):
     """A trained run on the synthetic catalogue of `size` (tiny BERT, one epoch)."""

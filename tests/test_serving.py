@@ -37,6 +37,10 @@ from tests.serving_helpers import (
     tiny_export,
 )
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 MAX_REQUEST_BYTES = 256 * 1024
 
 

@@ -21,6 +21,10 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.serving_helpers import tiny_export
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 MODEL = "query_tower"
 NAMES = ["user_id", "history", "context_text"]
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,

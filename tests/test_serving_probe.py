@@ -31,6 +31,10 @@ import pytest
 
 from tests.serving_helpers import assert_same_outputs, http, in_process, tiny_export
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 
 @pytest.fixture(scope="module")
 def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):

@@ -27,6 +27,10 @@ from tests.serving_helpers import (
     wait_for,
 )
 
+# Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
+# does not.
+pytestmark = pytest.mark.large
+
 MODEL = "query_tower"
 
 
