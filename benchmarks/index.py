@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from towerrec.pipelines.config import load_config  # noqa: E402
 from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, split_queries  # noqa: E402
+from towerrec.pipelines.prior import served_candidates, served_queries  # noqa: E402
 from towerrec.pipelines.index import (  # noqa: E402
     exact_top_k,
     recall_against_exact,
@@ -84,8 +85,11 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     run = load_run(load_config(args.config))
-    candidates = candidate_embeddings(run)
-    queries = query_embeddings(run, split_queries(run, "warm"))
+    # The vectors a served index holds and is searched with (the item prior's column too).
+    candidates = served_candidates(run, candidate_embeddings(run))
+    asked = split_queries(run, "warm")
+    queries = served_queries(run, query_embeddings(run, asked),
+                             (asked.history != "").any(axis=1))
     with threadpool_limits(1):
         compare("real catalogue", candidates, queries)
         synthetic = gaussian_like(candidates, args.items, seed=0)

@@ -1047,6 +1047,7 @@ def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
     from towerrec.pipelines.config import load_config
     from towerrec.pipelines.evaluate import query_embeddings, split_queries
     from towerrec.pipelines.index import INDEX_DIR, Index
+    from towerrec.pipelines.prior import served_queries
     from towerrec.pipelines.train import load_run
 
     import numpy as np
@@ -1054,7 +1055,10 @@ def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
     config = load_config(config_path, {"evaluation.max_users": num_queries})
     run = load_run(config)
     split = "warm" if "warm" in run.splits else next(s for s in run.splits if s != "train")
-    queries = query_embeddings(run, split_queries(run, split))[:num_queries]
+    asked = split_queries(run, split)
+    # The index holds the served vectors (with the item prior's column when the run has one).
+    queries = served_queries(run, query_embeddings(run, asked),
+                             (asked.history != "").any(axis=1))[:num_queries]
     result = {"split": split, **compare_with_exact(Index(config.run_path / INDEX_DIR),
                                                    np.ascontiguousarray(queries, np.float32))}
     result_path.write_text(json.dumps(result, indent=2))
