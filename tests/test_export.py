@@ -28,13 +28,13 @@ from tests.conftest import slice_config
 
 K = 20
 
-LOAD_AND_RUN = r"""
-import pickle, sys
-import tensorflow as tf, tensorflow_text, scann  # registers TFText and Scann ops
-
 # Trains models, serves exports or starts processes: `make test` runs it, `make test-fast`
 # does not.
 pytestmark = pytest.mark.large
+
+LOAD_AND_RUN = r"""
+import pickle, sys
+import tensorflow as tf, tensorflow_text, scann  # registers TFText and Scann ops
 requests = pickle.load(open(sys.argv[1], "rb"))
 out = {}
 for name, (path, request) in requests.items():
