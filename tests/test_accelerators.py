@@ -122,11 +122,13 @@ def _string_ops(function) -> list:
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("fine_tune", [False, True])
+@pytest.mark.parametrize("fine_tune,history_encoder", [
+    (False, "mean"), (True, "mean"), (False, "attention")])
 def test_the_training_step_reads_static_numbers_and_compiles_with_xla(
-        tiny_encoder_dir, movielens_slice, tmp_path, fine_tune):
+        tiny_encoder_dir, movielens_slice, tmp_path, fine_tune, history_encoder):
     config = slice_config(movielens_slice, _run_dir(tmp_path, tiny_encoder_dir),
-                          **{"encoder.fine_tune": fine_tune})
+                          **{"encoder.fine_tune": fine_tune,
+                             "towers.history_encoder": history_encoder})
     run = prepare(config)
     data = tf_dataset(training_features(run), run.text_inputs, 64, run.model.preprocess,
                       drop_remainder=True)

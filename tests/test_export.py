@@ -49,10 +49,11 @@ pickle.dump(out, open(sys.argv[2], "wb"))
 def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_run")
     (run_dir / "encoder").symlink_to(tiny_encoder_dir)
-    # A fixed item prior: the exports search with it (towerrec.pipelines.prior).
+    # A fixed item prior: the exports search with it (towerrec.pipelines.prior). The
+    # order-aware history encoder: the mean is what the end-to-end test exports.
     config = slice_config(movielens_slice, run_dir, **{
         "training.epochs": 2, "prior.calibrate": False, "prior.weight_with_history": 0.1,
-        "prior.weight_without_history": 0.3})
+        "prior.weight_without_history": 0.3, "towers.history_encoder": "attention"})
     run = train(config, verbose=0)
     train_ranker(config, verbose=0)
     base = run_dir / "models"

@@ -121,6 +121,9 @@ class EncoderConfig:
     fine_tune: bool = False
 
 
+HISTORY_ENCODERS = ("mean", "attention")
+
+
 @dataclasses.dataclass
 class TowerConfig:
     embedding_dim: int = setting(64, at_least=1)
@@ -133,6 +136,21 @@ class TowerConfig:
     item_id_dropout: float = setting(0.3, **FRACTION)
     context_dropout: float = setting(0.5, **FRACTION)
     dropout: float = setting(0.1, **FRACTION)
+    # How the query tower reads the history: "mean" of its items, or "attention", a causal
+    # self-attention encoder over the items in order (towers/sequence.py, SASRec-style),
+    # `history_blocks` blocks of `history_heads` heads, `history_width` wide.
+    history_encoder: str = "mean"
+    history_width: int = setting(64, at_least=1)
+    history_heads: int = setting(2, at_least=1)
+    history_blocks: int = setting(2, at_least=1)
+
+    def __post_init__(self):
+        if self.history_encoder not in HISTORY_ENCODERS:
+            raise ConfigError(f"towers.history_encoder: {self.history_encoder!r} is not one "
+                              f"of {', '.join(HISTORY_ENCODERS)}")
+        if self.history_width % self.history_heads:
+            raise ConfigError(f"towers.history_width: {self.history_width} is not a multiple "
+                              f"of towers.history_heads ({self.history_heads})")
 
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu")

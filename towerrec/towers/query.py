@@ -16,6 +16,7 @@ from towerrec.towers.features import (
     unit_rows,
     weighted_mean,
 )
+from towerrec.towers.sequence import CausalHistoryEncoder, last_position
 
 import numpy as np
 import pandas as pd
@@ -80,16 +81,19 @@ class QueryTower(tf.keras.Model):
 
     `preprocess` (a QueryFeatures) turns raw features into this tower's inputs; the tower
     keeps it (untracked: its tables are not weights) so that whoever holds the tower
-    (evaluation, exports) applies the same lookups. History items are pooled from the shared
-    item id embedding (items seen in training) and their text embeddings (every catalogue
-    item has one, so an item that never trained still brings its text).
+    (evaluation, exports) applies the same lookups. A history item is its row of the shared
+    item id embedding (items seen in training) and its text embedding (every catalogue item
+    has one, so an item that never trained still brings its text). The history is their
+    mean, or with `history_encoder` (a CausalHistoryEncoder) the encoder's output at the
+    most recent position, which reads the items in order.
     """
 
     def __init__(self, preprocess: QueryFeatures, users: int, item_id_embedding,
                  embedding_dim: int, hidden_dim: int,
                  id_embedding_dim: int, user_id_dropout: float, history_dropout: float,
                  dropout: float, context_dropout: float = 0.0, text_encoder=None,
-                 head_dtype: Optional[str] = None, **kwargs):
+                 head_dtype: Optional[str] = None,
+                 history_encoder: Optional[CausalHistoryEncoder] = None, **kwargs):
         super().__init__(**kwargs)
         # Not tracked: the checkpoint holds weights, and its catalogue-sized tables follow
         # the catalogue (they are rebuilt from it; the exports track them themselves).
@@ -102,6 +106,7 @@ class QueryTower(tf.keras.Model):
         self.context_dropout = tf.keras.layers.Dropout(context_dropout)
         self.user_id_dropout = user_id_dropout
         self.history_dropout = history_dropout
+        self.history_encoder = history_encoder
         self.head = mlp(hidden_dim, embedding_dim, dropout, "query_head", dtype=head_dtype)
 
     def call(self, inputs, training=False):
@@ -113,12 +118,18 @@ class QueryTower(tf.keras.Model):
             keep = tf.random.uniform([tf.shape(history)[0], 1]) >= self.history_dropout
             present *= tf.cast(keep, tf.float32)
         count = tf.reduce_sum(present, axis=1, keepdims=True)
-        weights = present / tf.maximum(count, 1.0)
-        history_ids = weighted_mean(weights, self.item_id_embedding(history))
-        history_text = weighted_mean(weights, inputs["history_text"])
+        history_ids = self.item_id_embedding(history)
+        if self.history_encoder is None:
+            weights = present / tf.maximum(count, 1.0)
+            history = [weighted_mean(weights, history_ids),
+                       weighted_mean(weights, inputs["history_text"])]
+        else:
+            items = tf.concat([history_ids, inputs["history_text"]], axis=2)
+            history = [last_position(
+                self.history_encoder(items, present, training=training), present)]
 
         x = tf.concat([
-            self.user_embedding(user), history_ids, history_text,
+            self.user_embedding(user), *history,
             self.context_dropout(self.context(inputs["context"], training=training),
                                  training=training),
             tf.math.log1p(count)], axis=1)

@@ -10,6 +10,7 @@ import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.towers.candidate import CandidateFeatures, CandidateTower
 from towerrec.towers.features import write_vocabulary
 from towerrec.towers.query import QueryFeatures, QueryTower, item_index_of_row
+from towerrec.towers.sequence import CausalHistoryEncoder
 
 import numpy as np
 import tensorflow as tf
@@ -131,13 +132,19 @@ def build_two_tower(vocabularies: Vocabularies, catalogue_text: np.ndarray,
             text_encoder = hub.KerasLayer(encoder_path, trainable=True, name="text_encoder")
         item_id_embedding = tf.keras.layers.Embedding(
             len(vocabularies.item_ids) + 2, c.id_embedding_dim, name="item_id_embedding")
+        history_encoder = None
+        if c.history_encoder == "attention":
+            history_encoder = CausalHistoryEncoder(
+                c.history_length, width=c.history_width, heads=c.history_heads,
+                blocks=c.history_blocks, dropout=c.dropout, name="history_encoder")
         query_tower = QueryTower(
             query_features, len(vocabularies.user_ids), item_id_embedding,
             embedding_dim=c.embedding_dim, hidden_dim=c.hidden_dim,
             id_embedding_dim=c.id_embedding_dim, user_id_dropout=c.user_id_dropout,
             history_dropout=c.history_dropout, dropout=c.dropout,
             context_dropout=c.context_dropout, text_encoder=text_encoder,
-            head_dtype=t.mixed_precision, name="query_tower")
+            head_dtype=t.mixed_precision, history_encoder=history_encoder,
+            name="query_tower")
         candidate_tower = CandidateTower(
             candidate_features, item_id_embedding, embedding_dim=c.embedding_dim,
             hidden_dim=c.hidden_dim, item_id_dropout=c.item_id_dropout, dropout=c.dropout,
