@@ -36,7 +36,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -255,6 +255,11 @@ UNSCORED = {"popularity": ("cold_item",), "recent_popularity": ("cold_item",),
             "rp3beta": NEW}
 
 
+def is_towerrec(name: str) -> bool:
+    """towerrec, reranked or not, with any history encoder: not a baseline."""
+    return name.startswith("towerrec")
+
+
 def scored(name: str, split: str) -> bool:
     return split not in UNSCORED.get(name, ())
 
@@ -271,16 +276,30 @@ def tune(grid: Grid, queries: Dict[str, Queries]) -> Dict[str, str]:
     return {split: setting for split, (setting, _) in best.items()}
 
 
-def benchmark_run(config: Config) -> dict:
-    """One split: towerrec and every tuned baseline -> {"results", "settings", "seconds"}."""
+def towerrec_results(config: Config, name: str = "towerrec"):
+    """towerrec trained by `config`, its item prior calibrated, alone and reranked ->
+    ({name: metrics, name+rerank: metrics}, the run)."""
     started = time.time()
     run = train(config)
     calibrate_prior(run)
-    print(f"towerrec trained in {time.time() - started:.0f}s")
-    results = {"towerrec": evaluate_run(run)}
+    print(f"{name} trained in {time.time() - started:.0f}s")
+    results = {name: evaluate_run(run)}
     started = time.time()
-    results["towerrec+rerank"] = train_ranker(config, verbose=0)["retrieval+rerank"]
-    print(f"ranker trained in {time.time() - started:.0f}s")
+    results[f"{name}+rerank"] = train_ranker(config, verbose=0)["retrieval+rerank"]
+    print(f"{name}'s ranker trained in {time.time() - started:.0f}s")
+    return results, run
+
+
+def benchmark_run(config: Config, history_encoders: Sequence[str] = ()) -> dict:
+    """One split: towerrec (and towerrec with each other history encoder of
+    `history_encoders`, as "towerrec[<encoder>]") and every tuned baseline -> {"results",
+    "settings", "towerrec_prior"}."""
+    results, run = towerrec_results(config)
+    for encoder in (e for e in history_encoders if e != config.towers.history_encoder):
+        variant = dataclasses.replace(
+            config, towers=dataclasses.replace(config.towers, history_encoder=encoder),
+            run_dir=f"{config.run_dir}-{encoder}")
+        results.update(towerrec_results(variant, f"towerrec[{encoder}]")[0])
     tests = [s for s in run.splits if s != "train"]
     queries = {split: split_queries(run, split) for split in tests}
     validation = dataclasses.replace(run, splits=validation_splits(run.splits["train"],
@@ -333,7 +352,7 @@ def verdicts(table: Dict[str, Dict[str, Dict[str, dict]]]) -> Dict[str, dict]:
     """Each towerrec figure against the best baseline of its split and metric (means over
     the seeds)."""
     out = {}
-    baselines = [m for m in table if m not in OURS]
+    baselines = [m for m in table if not is_towerrec(m)]
     for model, split in itertools.product(OURS, JUDGED):
         for metric in JUDGED[split]:
             candidates = [b for b in baselines if split in table[b]]
@@ -378,6 +397,9 @@ def main(argv: List[str] = None):
     parser.add_argument("--config", default=None, help="YAML config (default: built-in)")
     parser.add_argument("--seeds", default="42,43,44", help="split seeds (per_user)")
     parser.add_argument("--protocols", default="per_user,future")
+    parser.add_argument("--history-encoders", default="", metavar="A,B",
+                        help="also train towerrec with these towers.history_encoder values "
+                             "(reported as towerrec[<encoder>]), e.g. mean,attention")
     parser.add_argument("--summarize", default=None, metavar="JSON",
                         help="only print the summary and verdicts of an earlier run's JSON")
     args = parser.parse_args(argv)
@@ -386,6 +408,9 @@ def main(argv: List[str] = None):
     if args.summarize:
         report(json.loads(Path(args.summarize).read_text())["runs"], None)
         return
+    encoders = [e for e in args.history_encoders.split(",") if e]
+    for encoder in encoders:  # a bad name fails now, not after the first training
+        dataclasses.replace(config.towers, history_encoder=encoder)
     started = time.time()
     runs = []
     for protocol in args.protocols.split(","):
@@ -397,7 +422,7 @@ def main(argv: List[str] = None):
                                         seed=config.split.seed if seed is None else seed)
             one = dataclasses.replace(config, split=split,
                                       run_dir=f"{config.run_dir}-benchmark/{name}")
-            runs.append({"name": name, **benchmark_run(one)})
+            runs.append({"name": name, **benchmark_run(one, encoders)})
             out.write_text(json.dumps({"runs": runs}, indent=2))  # kept if a later one fails
     table, verdict = report(runs, time.time() - started)
     out.write_text(json.dumps({"runs": runs, "summary": table, "verdict": verdict},

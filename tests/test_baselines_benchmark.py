@@ -56,6 +56,11 @@ def test_summary_and_verdicts_over_seeds_leave_unscored_cells_out(capsys):
     assert np.isclose(verdict["towerrec/warm/ndcg_at_10"]["ratio"], 1.25)
     assert verdict["towerrec/warm/ndcg_at_10"]["verdict"] == "BEATS"
     assert verdict["towerrec/cold_user/ndcg_at_10"]["best_baseline"] == "popularity"
+    variant = baselines.verdicts(baselines.summary([{"results": {
+        "towerrec": {"warm": metrics(0.30)}, "towerrec[mean]": {"warm": metrics(0.9)},
+        "als": {"warm": metrics(0.20)}}}]))
+    # Another history encoder of towerrec is reported, never judged as a baseline.
+    assert variant["towerrec/warm/ndcg_at_10"]["best_baseline"] == "als"
     close = baselines.verdicts(baselines.summary([{"results": {
         "towerrec": {"warm": metrics(0.205)}, "als": {"warm": metrics(0.20)}}}]))
     assert close["towerrec/warm/ndcg_at_10"]["verdict"] == "within noise"

@@ -93,3 +93,20 @@ def test_saved_model_reloads_to_the_same_outputs(tmp_path):
     tf.saved_model.save(module, str(tmp_path))
     reloaded = tf.saved_model.load(str(tmp_path))
     np.testing.assert_allclose(reloaded.serve(items, present).numpy(), expected, atol=1e-6)
+
+
+def test_a_saved_model_keeps_the_towers_it_was_trained_with(tmp_path, capsys):
+    import json
+
+    from towerrec.pipelines.config import load_config, to_dict
+    from towerrec.pipelines.train import trained_towers
+    config = load_config(None)
+    assert config.towers.history_encoder == "attention"
+    saved = to_dict(config)
+    del saved["towers"]["history_encoder"]  # a model saved before the setting existed
+    saved["towers"]["history_length"] = 7
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    towers = trained_towers(config, tmp_path).towers
+    assert (towers.history_encoder, towers.history_length) == ("mean", 7)
+    assert "history_encoder=mean" in capsys.readouterr().out
+    assert trained_towers(config, tmp_path / "missing") is config

@@ -139,7 +139,7 @@ class TowerConfig:
     # How the query tower reads the history: "mean" of its items, or "attention", a causal
     # self-attention encoder over the items in order (towers/sequence.py, SASRec-style),
     # `history_blocks` blocks of `history_heads` heads, `history_width` wide.
-    history_encoder: str = "mean"
+    history_encoder: str = "attention"
     history_width: int = setting(64, at_least=1)
     history_heads: int = setting(2, at_least=1)
     history_blocks: int = setting(2, at_least=1)

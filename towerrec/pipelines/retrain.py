@@ -246,7 +246,9 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
         generation = _next_generation(config)
         _write_generation_data(previous, generation, interactions, items,
                                config.split.warm_test_fraction)
-        gen_config = dataclasses.replace(config, run_dir=str(generation))
+        # The published model's towers: a warm start copies its weights one for one.
+        gen_config = dataclasses.replace(config, run_dir=str(generation),
+                                         towers=previous.config.towers)
         at_stage("training", started)
         splits = pd.read_parquet(generation / "splits" / "train.parquet")
         run = train(gen_config, verbose=verbose, warm_start=warm_start_from(previous),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.config import Config, ConfigError, to_dict
+from towerrec.pipelines.config import Config, ConfigError, from_dict, to_dict
 from towerrec.pipelines.data import Dataset, load_dataset
 from towerrec.pipelines.distribute import choose_strategy, describe, loss_scaled, use_xla
 from towerrec.pipelines.features import (
@@ -315,12 +315,33 @@ def save_model(run: Run) -> None:
     save_prior(run.prior, directory)
 
 
+def trained_towers(config: Config, directory: Path) -> Config:
+    """`config` with the towers section that the model saved in `directory` was trained
+    with: its weights fit those settings only. A model saved before
+    `towers.history_encoder` existed pooled its history by mean."""
+    path = directory / "config.json"
+    if not path.exists():
+        return config
+    saved = dict(json.loads(path.read_text()).get("towers", {}))
+    saved.setdefault("history_encoder", "mean")
+    towers = from_dict({"towers": saved}).towers
+    if towers != config.towers:
+        changed = [f"{f.name}={getattr(towers, f.name)}" for f in dataclasses.fields(towers)
+                   if getattr(towers, f.name) != getattr(config.towers, f.name)]
+        print(f"the model in {directory} was trained with towers: {', '.join(changed)}; "
+              "using those settings")
+    return dataclasses.replace(config, towers=towers)
+
+
 def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
-    """The trained model of this config's run folder, with its data and splits."""
+    """The trained model of this config's run folder, with its data and splits. The
+    towers are built as the model was trained (`trained_towers`), whatever the config
+    says of them now."""
     directory = config.run_path / "model"
     if not (directory / "weights.index").exists():
         raise FileNotFoundError(
             f"no trained model in {directory}: run `towerrec train --config ...` first")
+    config = trained_towers(config, directory)
     vocabularies = Vocabularies(**json.loads((directory / "vocabularies.json").read_text()))
     vocabularies.numeric = {k: tuple(v) for k, v in vocabularies.numeric.items()}
     run = prepare(config, encoder_dir, vocabularies=vocabularies)
