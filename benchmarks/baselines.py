@@ -55,6 +55,7 @@ from towerrec.pipelines.evaluate import (  # noqa: E402
     split_size,
 )
 from towerrec.pipelines.features import Queries  # noqa: E402
+from towerrec.pipelines.plots import plot_recall_curves  # noqa: E402
 from towerrec.pipelines.prior import (  # noqa: E402
     PriorScores,
     PriorSettings,
@@ -283,7 +284,7 @@ def towerrec_results(config: Config, name: str = "towerrec"):
     run = train(config)
     calibrate_prior(run)
     print(f"{name} trained in {time.time() - started:.0f}s")
-    results = {name: evaluate_run(run)}
+    results = {name: evaluate_run(run, curve=True)}
     started = time.time()
     results[f"{name}+rerank"] = train_ranker(config, verbose=0)["retrieval+rerank"]
     print(f"{name}'s ranker trained in {time.time() - started:.0f}s")
@@ -315,7 +316,8 @@ def benchmark_run(config: Config, history_encoders: Sequence[str] = ()) -> dict:
         for setting in set(settings[name].values()):
             scorer = grid[setting]()
             for split in (s for s in tests if settings[name].get(s) == setting):
-                results[name][split] = evaluate_scores(scorer(queries[split]), queries[split])
+                results[name][split] = evaluate_scores(scorer(queries[split]), queries[split],
+                                                       curve=True)
                 results[name][split]["users_total"] = split_size(run, split)
         print(f"{name}: {len(grid)} setting(s) tuned on validation in "
               f"{time.time() - started:.0f}s; chosen " + ", ".join(
@@ -406,7 +408,9 @@ def main(argv: List[str] = None):
     config = load_config(args.config)
     out = Path(f"{config.run_dir}-benchmark.json")
     if args.summarize:
-        report(json.loads(Path(args.summarize).read_text())["runs"], None)
+        runs = json.loads(Path(args.summarize).read_text())["runs"]
+        report(runs, None)
+        plot(runs, Path(args.summarize).with_suffix(""), config.name)
         return
     encoders = [e for e in args.history_encoders.split(",") if e]
     for encoder in encoders:  # a bad name fails now, not after the first training
@@ -428,6 +432,32 @@ def main(argv: List[str] = None):
     out.write_text(json.dumps({"runs": runs, "summary": table, "verdict": verdict},
                               indent=2))
     print(f"\nwrote {out}")
+    plot(runs, Path(f"{config.run_dir}-benchmark"), config.name)
+
+
+def plot(runs: List[dict], directory: Path, title: str) -> None:
+    """Recall@K curves per split (mean over the runs) into directory/plots/."""
+    curves = mean_curves(runs)
+    if not curves:
+        print("no Recall@K curves in these runs (written by an older benchmark): no plots")
+        return
+    for path in plot_recall_curves(curves, directory / "plots", title):
+        print(f"wrote {path}")
+
+
+def mean_curves(runs: List[dict]) -> Dict[str, Dict[str, List[float]]]:
+    """{split: {model: Recall@1..100 averaged over the runs}} of the models whose results
+    carry a "recall_curve" (the reranked lists do not)."""
+    gathered: Dict[str, Dict[str, List[List[float]]]] = {}
+    for run in runs:
+        for model, splits in run["results"].items():
+            for split, metrics in splits.items():
+                if "recall_curve" in metrics and scored(model, split):
+                    gathered.setdefault(split, {}).setdefault(model, []).append(
+                        metrics["recall_curve"])
+    return {split: {model: np.mean(curves, axis=0).tolist()
+                    for model, curves in models.items()}
+            for split, models in gathered.items()}
 
 
 def report(runs: List[dict], seconds):

@@ -117,6 +117,20 @@ def test_hand_computed_recall_and_ndcg():
     assert metrics["ndcg_at_10"] == pytest.approx((1 + d) / 3)
     assert metrics["users"] == 3
     assert metrics["recall_at_3_se"] == pytest.approx(np.std([.5, 1, .5], ddof=1) / np.sqrt(3))
+    # Recall@2 by hand: 1/2, 1, 1/2 (user 2's second is item 1, no hit) -> 2/3.
+    curve = evaluate_scores(scores, queries, ks=(1, 3), curve=True)["recall_curve"]
+    assert curve == pytest.approx([1 / 6, 2 / 3, 2 / 3])
+
+
+def test_recall_curve_plots_one_png_per_split(tmp_path):
+    from towerrec.pipelines.plots import plot_recall_curves
+
+    curves = {"warm": {"a": [0.1, 0.2, 0.3], "b": [0.0, 0.1, 0.4]}, "future": {"a": [0.5]}}
+    written = plot_recall_curves(curves, tmp_path, "test")
+    assert sorted(p.name for p in written) == ["recall_at_k-future.png",
+                                               "recall_at_k-warm.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_standard_errors_are_those_of_the_per_user_values():

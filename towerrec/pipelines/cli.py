@@ -48,11 +48,16 @@ def _evaluate(args) -> int:
     config = _run_config(args)
     run = load_run(config)
     with stage("evaluate", items=len(run.catalogue["item_id"])) as record:
-        metrics = evaluate_run(run)
+        metrics = evaluate_run(run, curve=args.plot)
         record["users"] = sum(m["users"] for m in metrics.values())
     table = markdown_table({config.name: metrics})
     print(table)
     print(f"\n{METRIC_NOTE}")
+    if args.plot:
+        from towerrec.pipelines.plots import plot_recall_curves
+        curves = {split: {config.name: m["recall_curve"]} for split, m in metrics.items()}
+        for path in plot_recall_curves(curves, config.run_path / "plots", config.name):
+            print(f"wrote {path}")
     (config.run_path / "evaluation.json").write_text(json.dumps(metrics, indent=2))
     (config.run_path / "evaluation.md").write_text(table + f"\n\n{METRIC_NOTE}\n")
     return 0
@@ -288,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     ranker = command("train-ranker", _train_ranker, "Train the DCN ranker on retrieval's "
                      "top-100 lists and compare retrieval-only with retrieve-then-rerank "
                      "top-10 per split.")
+    for sub in (train, evaluate):
+        sub.add_argument("--plot", action="store_true",
+                         help="(train: with --evaluate) also draw Recall@K (K = 1..100) per "
+                              "split into <run_dir>/plots/recall_at_k-<split>.png")
     for sub in (evaluate, index, ranker):
         sub.add_argument("--model-base-path", default=None, help=served_run)
     add = command("add-items", _add_items, "Embed new items from their text and "

@@ -71,12 +71,27 @@ def ranking_metrics(top: np.ndarray, targets: List[np.ndarray],
     return metrics
 
 
+def recall_curve(top: np.ndarray, targets: List[np.ndarray]) -> List[float]:
+    """Recall@1 .. Recall@k (k = top.shape[1]), each the per-user mean over users with at
+    least one target, as `ranking_metrics` computes Recall@K."""
+    lengths = np.array([len(t) for t in targets], np.int64)
+    judged = lengths > 0
+    if not judged.any():
+        return [float("nan")] * top.shape[1]
+    hits = target_hits(top, targets)[judged]
+    return (np.cumsum(hits, axis=1) / lengths[judged, None]).mean(axis=0).tolist()
+
+
 def evaluate_scores(scores, queries: Queries, ks: Sequence[int] = (10, 100),
-                    chunk_rows: int = None) -> Dict[str, float]:
+                    chunk_rows: int = None, curve: bool = False) -> Dict[str, float]:
     """Metrics of a score source [users, catalogue] (a score matrix, or `DotScores`),
-    scored `chunk_rows` users at a time (default: by memory budget, see topk)."""
+    scored `chunk_rows` users at a time (default: by memory budget, see topk). With
+    `curve`, also "recall_curve": Recall@1 .. Recall@max(ks) (a list)."""
     rows, _ = top_k_scores(scores, max(ks), queries.exclude, chunk_rows)
-    return ranking_metrics(rows, queries.targets, ks)
+    metrics = ranking_metrics(rows, queries.targets, ks)
+    if curve:
+        metrics["recall_curve"] = recall_curve(rows, queries.targets)
+    return metrics
 
 
 def _cell(metrics: Dict[str, float], column: str, errors: bool) -> str:
@@ -184,19 +199,21 @@ def training_queries(run, users: int) -> Queries:
                               run.config.towers.history_length, known_users=True)
 
 
-def evaluate_split(run, split: str, candidates: np.ndarray = None) -> Dict[str, float]:
-    """Metrics of the split's (sampled) users; "users" evaluated of "users_total". Peak
-    memory: candidates [catalogue, d], query embeddings [users, d], one chunk's scores."""
+def evaluate_split(run, split: str, candidates: np.ndarray = None,
+                   curve: bool = False) -> Dict[str, float]:
+    """Metrics of the split's (sampled) users; "users" evaluated of "users_total" (with
+    `curve`, "recall_curve" too: see `evaluate_scores`). Peak memory: candidates
+    [catalogue, d], query embeddings [users, d], one chunk's scores."""
     queries = split_queries(run, split)
     candidates = candidate_embeddings(run) if candidates is None else candidates
     metrics = evaluate_scores(retrieval_scores(run, queries, candidates), queries,
-                              run.config.evaluation.ks)
+                              run.config.evaluation.ks, curve=curve)
     metrics["users_total"] = split_size(run, split)
     return metrics
 
 
-def evaluate_run(run) -> Dict[str, Dict[str, float]]:
+def evaluate_run(run, curve: bool = False) -> Dict[str, Dict[str, float]]:
     """{split: metrics} for every held-out split of the run."""
     candidates = candidate_embeddings(run)
-    return {split: evaluate_split(run, split, candidates)
+    return {split: evaluate_split(run, split, candidates, curve)
             for split in run.splits if split != "train"}
