@@ -27,6 +27,7 @@ from towerrec.pipelines.index import (  # noqa: E402
     scann_builder,
     scann_settings,
 )
+from towerrec.pipelines.plots import plot_recall_qps  # noqa: E402
 from towerrec.pipelines.prior import served_candidates, served_queries  # noqa: E402
 from towerrec.pipelines.train import load_run  # noqa: E402
 
@@ -70,10 +71,10 @@ def compare(name: str, items: np.ndarray, queries: np.ndarray, sweep=(None,)):
                                                           leaves_to_search=leaves), repeats=2)
         recall = recall_against_exact(np.asarray(found), exact)
         qps = len(queries) / seconds
-        rows.append((leaves, recall, qps / exact_qps))
+        rows.append((leaves or settings.get("num_leaves_to_search"), recall, qps))
         print(f"| ScaNN {settings['mode']} | {leaves or settings.get('num_leaves_to_search', '-')}"
               f" | {recall:.3f} | {qps:,.0f} | {qps / exact_qps:.1f} |")
-    return rows, build_seconds
+    return rows, exact_qps, build_seconds
 
 
 def main(argv=None):
@@ -81,6 +82,8 @@ def main(argv=None):
     parser.add_argument("--config", default=None)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--plot", default="benchmarks/results/index/recall_qps.png",
+                        help="where to draw recall@10 against QPS (PNG)")
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -96,14 +99,18 @@ def main(argv=None):
         synthetic_queries = gaussian_like(queries, args.queries, seed=1)
         leaves = scann_settings(args.items)["num_leaves"]
         sweep = sorted({max(1, leaves // d) for d in (100, 50, 33, 20, 10)})
-        rows, build = compare("synthetic catalogue", synthetic, synthetic_queries, sweep)
+        rows, exact_qps, build = compare("synthetic catalogue", synthetic, synthetic_queries,
+                                         sweep)
     good = [r for r in rows if r[1] >= 0.95]
     if good:
-        leaves, recall, speedup = max(good, key=lambda r: r[2])
+        leaves, recall, qps = max(good, key=lambda r: r[2])
         print(f"\nfastest at recall@10 >= 0.95: {leaves} leaves, recall {recall:.3f}, "
-              f"{speedup:.1f}x the QPS of exact brute force; build {build:.0f}s")
+              f"{qps / exact_qps:.1f}x the QPS of exact brute force; build {build:.0f}s")
     else:
         print("\nno setting reached recall@10 >= 0.95")
+    path = plot_recall_qps(rows, exact_qps, Path(args.plot),
+                           f"{args.items:,} synthetic items, k={K}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -299,3 +299,11 @@ def test_training_histories_are_each_users_earlier_items_most_recent_last():
     contexts = examples["context_text"]
     assert contexts.values[contexts.index].tolist() == ["x", "y", "x", "z", "z"]
     np.testing.assert_allclose(examples["item_probability"], [0.4, 0.2, 0.4, 0.4, 0.4])
+
+
+def test_recall_against_qps_plots_a_png(tmp_path):
+    from towerrec.pipelines.plots import plot_recall_qps
+
+    path = plot_recall_qps([(10, 0.9, 5000.0), (50, 0.97, 900.0)], 80.0,
+                           tmp_path / "sub" / "recall_qps.png", "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

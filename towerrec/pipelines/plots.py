@@ -43,3 +43,29 @@ def plot_recall_curves(curves: Dict[str, Dict[str, Sequence[float]]], directory:
         plt.close(figure)
         written.append(path)
     return written
+
+
+def plot_recall_qps(points: Sequence[tuple], exact_qps: float, path: Path,
+                    title: str = "") -> Path:
+    """An index's recall@10 against queries per second: `points` are (leaves searched,
+    recall, QPS) of its settings; exact search is the point (recall 1, `exact_qps`)."""
+    plt = pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    points = sorted(points, key=lambda p: p[2])
+    axes.plot([p[2] for p in points], [p[1] for p in points], "o-", label="ScaNN")
+    for leaves, recall, qps in points:
+        axes.annotate(str(leaves), (qps, recall), textcoords="offset points", xytext=(4, -10),
+                      fontsize=7)
+    axes.plot([exact_qps], [1.0], "s", color="black", label="exact (brute force)")
+    axes.set_xscale("log")
+    axes.set_xlabel("queries per second (1 thread, log scale)")
+    axes.set_ylabel("recall@10 against exact")
+    axes.grid(alpha=0.3, which="both")
+    axes.set_title(title)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
