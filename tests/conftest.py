@@ -1,6 +1,7 @@
 """Shared fixtures: real MovieLens-100K, a tiny random BERT, a small real-data slice."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
@@ -82,3 +83,16 @@ def minilm_dir(tmp_path_factory) -> Path:
     """The real bundled all-MiniLM-L6-v2, exported once for the session."""
     return export_text_encoder(tmp_path_factory.mktemp("encoders") / "minilm",
                                "bundled-minilm", 32)
+
+
+@pytest.fixture
+def pipeline_log(caplog):
+    """caplog over the library's step reports ("towerrec.pipelines" at INFO), which the CLI
+    keeps from propagating to the root logger where caplog listens."""
+    logger = logging.getLogger("towerrec.pipelines")
+    level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)

@@ -309,8 +309,8 @@ def test_rollback_all_moves_nothing_unless_every_model_can_go_back(tmp_path, cap
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_the_gate_refuses_when_no_split_can_judge(capsys):
+def test_the_gate_refuses_when_no_split_can_judge(pipeline_log):
     published = {"warm": {"ndcg_at_10": 0.2, "recall_at_100": 0.5}}
     assert not gate({}, published, tolerance=0.05)
-    assert "nothing tells the models apart" in capsys.readouterr().out
+    assert "nothing tells the models apart" in pipeline_log.text
     assert gate({}, None, tolerance=0.05)  # nothing published yet: the first publish

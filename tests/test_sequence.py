@@ -95,7 +95,7 @@ def test_saved_model_reloads_to_the_same_outputs(tmp_path):
     np.testing.assert_allclose(reloaded.serve(items, present).numpy(), expected, atol=1e-6)
 
 
-def test_a_saved_model_keeps_the_towers_it_was_trained_with(tmp_path, capsys):
+def test_a_saved_model_keeps_the_towers_it_was_trained_with(tmp_path, pipeline_log):
     import json
 
     from towerrec.pipelines.config import load_config, to_dict
@@ -108,5 +108,5 @@ def test_a_saved_model_keeps_the_towers_it_was_trained_with(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     towers = trained_towers(config, tmp_path).towers
     assert (towers.history_encoder, towers.history_length) == ("mean", 7)
-    assert "history_encoder=mean" in capsys.readouterr().out
+    assert "history_encoder=mean" in pipeline_log.text
     assert trained_towers(config, tmp_path / "missing") is config

@@ -12,6 +12,7 @@ prior does (`_new_item_quantile`); otherwise it is the config's.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from typing import Dict, List, Optional
 
@@ -29,6 +30,7 @@ from towerrec.pipelines.train import Run, train
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 CALIBRATION_DIR = "calibration"
 HALF_LIVES_DAYS = (None, 3.0, 7.0, 14.0, 30.0, 90.0)
 WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
@@ -65,7 +67,7 @@ def calibrate_prior(run: Run) -> PriorSettings:
     shutil.rmtree(directory, ignore_errors=True)
     run.prior = settings
     save_prior(settings, config.run_path / "model")
-    print(describe(settings))
+    log.info(describe(settings))
     return settings
 
 

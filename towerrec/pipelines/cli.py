@@ -15,6 +15,8 @@ from towerrec.pipelines.stages import stage
 import yaml
 
 VERBOSE_HELP = "show TensorFlow's own log lines and warnings (hidden by default)"
+QUIET_HELP = ("show only towerrec's warnings and errors: no step reports (stage times, "
+              "gate lines); progress bars stay")
 
 
 def _train(args) -> int:
@@ -260,11 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="towerrec", description="BERT two-tower retrieval on TensorFlow Recommenders.")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    # Every subcommand takes -v too; SUPPRESS: without it, `towerrec -v <command>` holds.
+    # Every subcommand takes -v and -q too; SUPPRESS: without it, `towerrec -v <command>`
+    # holds.
     verbosity = argparse.ArgumentParser(add_help=False)
     verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                            help=VERBOSE_HELP)
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help=QUIET_HELP)
 
     def command(name, handler, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text,
@@ -422,8 +428,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _log_pipeline_steps() -> None:
-    """The library's step reports (stage times, peak memory) on stderr, one plain line each."""
+def _log_pipeline_steps(quiet: bool = False) -> None:
+    """The library's step reports (stage times, peak memory, gate lines) on stderr, one plain
+    line each; `quiet`: its warnings only."""
     import logging
 
     class Stderr(logging.StreamHandler):
@@ -442,8 +449,8 @@ def _log_pipeline_steps() -> None:
         handler = Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def quiet_tensorflow(verbose: bool) -> None:
@@ -465,7 +472,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "tensorflow" not in sys.modules:  # in process (tests), TensorFlow may be loaded
         quiet_tensorflow(args.verbose)
     if args.command != "serve":
-        _log_pipeline_steps()
+        _log_pipeline_steps(args.quiet)
     from towerrec.pipelines.train import ModelError
     from towerrec.towers.text_encoder import EncoderError
     try:

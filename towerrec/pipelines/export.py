@@ -25,6 +25,7 @@ so a reader (TF Serving polls the base path) never sees half a version.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -44,6 +45,7 @@ from towerrec.pipelines.publish import (
 import numpy as np
 import tensorflow as tf
 
+log = logging.getLogger(__name__)
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
 def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpec],
@@ -194,8 +196,8 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
     else:
         skipped = [m for m in RANKED_MODELS if m in wanted]
         if skipped:
-            print(f"not exported: {', '.join(skipped)} (no trained ranker: run "
-                  f"`towerrec train-ranker --config ...` first)")
+            log.info(f"not exported: {', '.join(skipped)} (no trained ranker: run "
+                     f"`towerrec train-ranker --config ...` first)")
     requests = example_requests(run)
     provenance = {"run_dir": str(Path(run.config.run_dir).resolve())}
     staged = {}

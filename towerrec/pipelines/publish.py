@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Set
 from towerrec.pipelines.data import DataError
 
 # Every model export writes, in order (the last two need a trained ranker).
+log = logging.getLogger(__name__)
 MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_scann",
           "ranker", "recommender", "recommender_scann")
 # Those that need a trained ranker (`towerrec train-ranker`).
@@ -115,8 +117,8 @@ def run_lock(run_path: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another towerrec writing to {run_path} "
-                  f"({run_path / LOCK_FILE})", file=sys.stderr, flush=True)
+            log.info(f"waiting for another towerrec writing to {run_path} "
+                     f"({run_path / LOCK_FILE})", file=sys.stderr)
             fcntl.flock(lock, fcntl.LOCK_EX)
         _held().add(key)
         try:
@@ -171,8 +173,8 @@ def finish_publish(base_path: Path) -> Dict[str, Path]:
     published = {name: _rename_into_place(tmp) for name, tmp in listed.items() if tmp.exists()}
     journal.unlink()
     if published:
-        print("finished a publish that was cut short: "
-              + ", ".join(f"{name} {path.name}" for name, path in published.items()))
+        log.info("finished a publish that was cut short: "
+                 + ", ".join(f"{name} {path.name}" for name, path in published.items()))
     return published
 
 
@@ -234,13 +236,13 @@ def latest_run_config(config, base_path: Optional[Path]):
         return config
     served_run = provenance_run_dir(served)
     if served_run is None or not (served_run / MODEL_WEIGHTS).exists():
-        print(f"warning: the served {served} does not name a run folder that still holds "
-              f"its model; using {config.run_path}, which may not be what is served")
+        log.warning(f"warning: the served {served} does not name a run folder that still holds "
+                    f"its model; using {config.run_path}, which may not be what is served")
         return config
     own = config.run_path / MODEL_WEIGHTS
     if served_run.resolve() == config.run_path.resolve() or (
             own.exists() and own.stat().st_mtime > (served_run / MODEL_WEIGHTS).stat().st_mtime):
         return config
-    print(f"using {served_run}: the run behind the models served from {base_path}, trained "
-          f"after {config.run_path}")
+    log.info(f"using {served_run}: the run behind the models served from {base_path}, trained "
+             f"after {config.run_path}")
     return dataclasses.replace(config, run_dir=str(served_run))

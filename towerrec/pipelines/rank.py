@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+log = logging.getLogger(__name__)
 RANKER_DIR = "ranker"
 # "Recent" popularity: interactions in the latest 10% of the data's time span.
 RECENT_FRACTION = 0.1
@@ -248,8 +250,8 @@ def _early_retrieval(config: Config):
     earlier = earlier[~earlier["item_id"].isin(new_items)]
     splits = {"train": earlier, "later": later, "new_users": train_split[is_new_user]}
     save_splits(splits, directory / "splits")
-    print(f"ranker lists: retrieval trained on {len(earlier)} earlier interactions; "
-          f"{len(new_items)} items and {len(new_users)} users held out as new")
+    log.info(f"ranker lists: retrieval trained on {len(earlier)} earlier interactions; "
+             f"{len(new_items)} items and {len(new_users)} users held out as new")
     early = train(early_config, encoder_dir=encoder_dir, verbose=0)
     return early, {name: splits[name] for name in ("later", "new_users")}
 
@@ -287,8 +289,8 @@ def _fit_ranker(config: Config, verbose: int) -> Ranker:
     x = np.concatenate([list_features(features, part) for part in lists])
     labels = np.concatenate([part.labels for part in lists])
     x, labels = x[labels.sum(axis=1) > 0], labels[labels.sum(axis=1) > 0]
-    print(f"ranker training lists: {len(x)} queries x {x.shape[1]} candidates, "
-          f"{x.shape[2]} features, {labels.sum():.0f} positives")
+    log.info(f"ranker training lists: {len(x)} queries x {x.shape[1]} candidates, "
+             f"{x.shape[2]} features, {labels.sum():.0f} positives")
 
     r = config.ranker
     tf.keras.utils.set_random_seed(config.training.seed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -53,6 +54,7 @@ from towerrec.towers.retrieval import Vocabularies
 import numpy as np
 import pandas as pd
 
+log = logging.getLogger(__name__)
 GENERATIONS = "generations"
 GENERATION_FILE = "generation.json"  # written when a generation has finished training
 RECENT = "recent"
@@ -77,8 +79,8 @@ def read_new_interactions(path: str, config: Config) -> pd.DataFrame:
 
 
 def at_stage(name: str, started: float) -> None:
-    """Prints the stage; with TOWERREC_RETRAIN_PAUSE_AT=<name>, waits there (crash tests)."""
-    print(f"retrain: {name} ({time.time() - started:.0f}s)", flush=True)
+    """Logs the stage; with TOWERREC_RETRAIN_PAUSE_AT=<name>, waits there (crash tests)."""
+    log.info(f"retrain: {name} ({time.time() - started:.0f}s)")
     if os.environ.get(PAUSE_AT) == name:
         time.sleep(3600)
 
@@ -146,10 +148,10 @@ def judged_splits(run: Run, names: List[str]) -> List[str]:
     judged = []
     for name in names:
         if name not in run.splits:
-            print(f"gate: split '{name}' is not one of this run's "
-                  f"({', '.join(s for s in run.splits if s != 'train')}): left out")
+            log.info(f"gate: split '{name}' is not one of this run's "
+                     f"({', '.join(s for s in run.splits if s != 'train')}): left out")
         elif not len(run.splits[name]):
-            print(f"gate: split '{name}' has no held-out interactions: left out")
+            log.info(f"gate: split '{name}' has no held-out interactions: left out")
         else:
             judged.append(name)
     return judged
@@ -157,14 +159,14 @@ def judged_splits(run: Run, names: List[str]) -> List[str]:
 
 def gate(new: Dict[str, Dict[str, float]], published: Optional[Dict[str, Dict[str, float]]],
          tolerance: float) -> bool:
-    """Prints both sets of figures; True when no gate split's NDCG@10 fell beyond
+    """Logs both sets of figures; True when no gate split's NDCG@10 fell beyond
     `tolerance` (relative) below the published model's."""
     if published is None:
-        print("gate: nothing published yet -> publish")
+        log.info("gate: nothing published yet -> publish")
         return True
     if not new:
-        print("gate: no gate split has held-out users, so nothing tells the models apart "
-              "-> refused, nothing published (see retrain.gate_splits)")
+        log.info("gate: no gate split has held-out users, so nothing tells the models apart "
+                 "-> refused, nothing published (see retrain.gate_splits)")
         return False
     passed = True
     for split in new:
@@ -172,10 +174,10 @@ def gate(new: Dict[str, Dict[str, float]], published: Optional[Dict[str, Dict[st
         floor = before * (1 - tolerance)
         ok = after >= floor
         passed &= ok
-        print(f"gate: {split:8s} NDCG@10 published {before:.4f}, retrained {after:.4f}, "
-              f"floor {floor:.4f} -> {'ok' if ok else 'WORSE'}  (Recall@100 "
-              f"{published[split]['recall_at_100']:.4f} -> {new[split]['recall_at_100']:.4f})")
-    print(f"gate: {'passed -> publish' if passed else 'refused -> nothing published'}")
+        log.info(f"gate: {split:8s} NDCG@10 published {before:.4f}, retrained {after:.4f}, "
+                 f"floor {floor:.4f} -> {'ok' if ok else 'WORSE'}  (Recall@100 "
+                 f"{published[split]['recall_at_100']:.4f} -> {new[split]['recall_at_100']:.4f})")
+    log.info(f"gate: {'passed -> publish' if passed else 'refused -> nothing published'}")
     return passed
 
 
@@ -225,7 +227,7 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
         clear_unfinished_generations(config)
         previous = load_run(latest_run_config(config, base_path))
         source = previous.config.run_path
-        print(f"retrain: warm start from {source}")
+        log.info(f"retrain: warm start from {source}")
         items = None
         if new_items:
             from towerrec.pipelines.add_items import read_new_items
@@ -280,9 +282,9 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
             discard(staged)
         removed = prune_versions(base_path, config.retrain.keep_versions)
         _prune_generations(config, base_path)
-        print(f"retrain: published {', '.join(f'{n} {p.name}' for n, p in result.items())}"
-              + (f"; removed {len(removed)} old version(s)" if removed else "")
-              + f" ({time.time() - started:.0f}s)")
+        log.info(f"retrain: published {', '.join(f'{n} {p.name}' for n, p in result.items())}"
+                 + (f"; removed {len(removed)} old version(s)" if removed else "")
+                 + f" ({time.time() - started:.0f}s)")
         return {"published": result, "metrics": metrics, "generation": generation}
 
 

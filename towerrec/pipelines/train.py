@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ import tensorflow as tf
 
 # The run folder's id vocabularies, one file per lookup (read by the lookups, and carried
 # by the exports as assets).
+log = logging.getLogger(__name__)
 VOCABULARY_DIR = "vocabulary"
 
 
@@ -263,10 +265,10 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
         data = tf_dataset(features, run.text_inputs, t.batch_size, run.model.preprocess,
                           shuffle_seed=t.seed, drop_remainder=True)
         del features
-    print(f"training on {examples} interactions, "
-          f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
-          f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
-          f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
+    log.info(f"training on {examples} interactions, "
+             f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
+             f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
+             f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
     with strategy.scope():
         optimizer = loss_scaled(LazyAdam(t.learning_rate), t.mixed_precision)
         run.model.compile(optimizer=optimizer, xla=xla)
@@ -328,8 +330,8 @@ def trained_towers(config: Config, directory: Path) -> Config:
     if towers != config.towers:
         changed = [f"{f.name}={getattr(towers, f.name)}" for f in dataclasses.fields(towers)
                    if getattr(towers, f.name) != getattr(config.towers, f.name)]
-        print(f"the model in {directory} was trained with towers: {', '.join(changed)}; "
-              "using those settings")
+        log.info(f"the model in {directory} was trained with towers: {', '.join(changed)}; "
+                 "using those settings")
     return dataclasses.replace(config, towers=towers)
 
 
