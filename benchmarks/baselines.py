@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from towerrec.pipelines.calibrate import HALF_LIVES_DAYS, calibrate_prior  # noqa: E402
+from towerrec.pipelines.cli import log_pipeline_steps  # noqa: E402
 from towerrec.pipelines.config import Config, load_config  # noqa: E402
 from towerrec.pipelines.evaluate import (  # noqa: E402
     METRIC_NOTE,
@@ -406,6 +407,7 @@ def main(argv: List[str] = None):
                         help="only print the summary and verdicts of an earlier run's JSON")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    log_pipeline_steps()  # the library's step reports, as the CLI shows them
     out = Path(f"{config.run_dir}-benchmark.json")
     if args.summarize:
         runs = json.loads(Path(args.summarize).read_text())["runs"]

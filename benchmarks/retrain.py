@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import towerrec.towers  # noqa: E402,F401
+from towerrec.pipelines.cli import log_pipeline_steps  # noqa: E402
 from towerrec.pipelines.config import load_config  # noqa: E402
 from towerrec.pipelines.evaluate import evaluate_split, markdown_table  # noqa: E402
 from towerrec.pipelines.export import discard, export_models  # noqa: E402
@@ -38,6 +39,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", default="/tmp/towerrec-retrain-bench")
     args = parser.parse_args()
+    log_pipeline_steps()  # the library's step reports, as the CLI shows them
     folder = Path(args.folder)
     shutil.rmtree(folder, ignore_errors=True)
     paths = write_time_split(load_movielens_100k(), folder / "data")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from towerrec.pipelines.cli import _log_pipeline_steps, build_parser
+from towerrec.pipelines.cli import build_parser, log_pipeline_steps
 
 import pytest
 
@@ -15,11 +15,11 @@ def test_quiet_keeps_warnings_and_drops_step_reports(argv, quiet, capsys):
     assert args.quiet is quiet
     logger = logging.getLogger("towerrec.pipelines.retrain")
     try:
-        _log_pipeline_steps(args.quiet)
+        log_pipeline_steps(args.quiet)
         logger.info("gate: a step report")
         logger.warning("a warning")
         err = capsys.readouterr().err
     finally:
-        _log_pipeline_steps(False)
+        log_pipeline_steps(False)
     assert ("gate: a step report\n" in err) is not quiet
     assert "a warning\n" in err

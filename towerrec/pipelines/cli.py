@@ -428,7 +428,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _log_pipeline_steps(quiet: bool = False) -> None:
+def log_pipeline_steps(quiet: bool = False) -> None:
     """The library's step reports (stage times, peak memory, gate lines) on stderr, one plain
     line each; `quiet`: its warnings only."""
     import logging
@@ -472,7 +472,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "tensorflow" not in sys.modules:  # in process (tests), TensorFlow may be loaded
         quiet_tensorflow(args.verbose)
     if args.command != "serve":
-        _log_pipeline_steps(args.quiet)
+        log_pipeline_steps(args.quiet)
     from towerrec.pipelines.train import ModelError
     from towerrec.towers.text_encoder import EncoderError
     try:
