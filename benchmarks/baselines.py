@@ -3,7 +3,7 @@
     python benchmarks/baselines.py [--config configs/movielens.yaml] [--seeds 42,43,44]
         [--protocols per_user,future]
 
-Two split protocols (towerrec.pipelines.splits): "per_user" (warm, cold_item, cold_user),
+Two split protocols (towerrec.data.splits): "per_user" (warm, cold_item, cold_user),
 run once per split seed, and "future" (one global time cut; the cut has no seed), run once.
 Each run trains towerrec (retrieval alone, and retrieve 100 then rerank with the DCN ranker
 trained in the same run) on its training split, and seven baselines:
@@ -22,7 +22,7 @@ Every baseline's setting is chosen from its grid on validation splits carved out
 training split the way the test was carved (`validation_splits`), by the metric each split
 is judged by, then refitted on the whole training split and measured once on the test.
 towerrec runs its config, and chooses its item prior's settings (half-life, weights) on
-the same kind of validation split (`towerrec.pipelines.calibrate`), never on the test.
+the same kind of validation split (`towerrec.training.calibrate`), never on the test.
 Prints a markdown table per run, then the mean and spread over the seeds, and each towerrec
 figure's ratio to the best baseline per split and metric. Writes everything to
 <run_dir>-benchmark.json.
@@ -44,10 +44,10 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from towerrec.pipelines.calibrate import HALF_LIVES_DAYS, calibrate_prior  # noqa: E402
-from towerrec.pipelines.cli import log_pipeline_steps  # noqa: E402
-from towerrec.pipelines.config import Config, load_config  # noqa: E402
-from towerrec.pipelines.evaluate import (  # noqa: E402
+from towerrec.config import Config, load_config  # noqa: E402
+from towerrec.data.features import Queries  # noqa: E402
+from towerrec.data.splits import validation_splits  # noqa: E402
+from towerrec.evaluation.evaluate import (  # noqa: E402
     METRIC_NOTE,
     evaluate_run,
     evaluate_scores,
@@ -55,19 +55,19 @@ from towerrec.pipelines.evaluate import (  # noqa: E402
     split_queries,
     split_size,
 )
-from towerrec.pipelines.features import Queries  # noqa: E402
-from towerrec.pipelines.plots import plot_recall_curves  # noqa: E402
-from towerrec.pipelines.prior import (  # noqa: E402
+from towerrec.evaluation.plots import plot_recall_curves  # noqa: E402
+from towerrec.evaluation.topk import DotScores  # noqa: E402
+from towerrec.pipelines.cli import log_pipeline_steps  # noqa: E402
+from towerrec.training.calibrate import HALF_LIVES_DAYS, calibrate_prior  # noqa: E402
+from towerrec.training.prior import (  # noqa: E402
     PriorScores,
     PriorSettings,
     item_log_prior,
     request_buckets,
     serving_time,
 )
-from towerrec.pipelines.rank import train_ranker  # noqa: E402
-from towerrec.pipelines.splits import validation_splits  # noqa: E402
-from towerrec.pipelines.topk import DotScores  # noqa: E402
-from towerrec.pipelines.train import Run, train  # noqa: E402
+from towerrec.training.rank import train_ranker  # noqa: E402
+from towerrec.training.train import Run, train  # noqa: E402
 
 import tensorflow as tf  # noqa: E402  (after pipelines: the Keras 2 switch)
 import tensorflow_recommenders as tfrs  # noqa: E402

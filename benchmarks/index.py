@@ -19,17 +19,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from towerrec.pipelines.config import load_config  # noqa: E402
-from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, split_queries  # noqa: E402
-from towerrec.pipelines.index import (  # noqa: E402
+from towerrec.config import load_config  # noqa: E402
+from towerrec.evaluation.evaluate import candidate_embeddings, query_embeddings, split_queries  # noqa: E402
+from towerrec.evaluation.plots import plot_recall_qps  # noqa: E402
+from towerrec.export.index import (  # noqa: E402
     exact_top_k,
     recall_against_exact,
     scann_builder,
     scann_settings,
 )
-from towerrec.pipelines.plots import plot_recall_qps  # noqa: E402
-from towerrec.pipelines.prior import served_candidates, served_queries  # noqa: E402
-from towerrec.pipelines.train import load_run  # noqa: E402
+from towerrec.training.prior import served_candidates, served_queries  # noqa: E402
+from towerrec.training.train import load_run  # noqa: E402
 
 K = 10
 

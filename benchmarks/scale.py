@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scale.py --sizes S M L --work /tmp/towerrec-scale \\
         --out benchmarks/results/scale [--epochs 1] [--eval-users 10000] [--skip-existing]
 
-For each size (synthetic catalogues, towerrec/pipelines/synthetic.py: XS 1k items / 10k
+For each size (synthetic catalogues, towerrec/data/synthetic.py: XS 1k items / 10k
 interactions, S 10k / 100k, M 100k / 1M, L 1M / 10M) it runs, each command in its own
 process: `towerrec synth` (generate), `towerrec train` (load, encode, build features, one
 training epoch), `towerrec evaluate`, `towerrec index`, `towerrec train-ranker`,
@@ -13,7 +13,7 @@ p99). On the largest size it also compares the ScaNN index with exact search (Nu
 + top-k) on the trained embeddings, single-threaded (BLAS threads 1, stated in the output).
 
 Per stage it reports wall time, the rate (items, texts, examples or users per second) and
-the peak RSS: from the pipeline's own stage records (towerrec/pipelines/stages.py, through
+the peak RSS: from the pipeline's own stage records (towerrec/stages.py, through
 TOWERREC_STAGES) where the command writes one for the stage, otherwise the whole process
 (its wall time less the data loading and encoding stages it records, and its peak RSS from
 os.wait4, an upper bound). Between the two largest sizes run it gives each stage's growth
@@ -1044,11 +1044,11 @@ def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
     """ScaNN (the index `towerrec index` built) against exact search on the trained
     embeddings, queries of held-out users. Writes the JSON result."""
     import towerrec  # noqa: F401  (before TensorFlow)
-    from towerrec.pipelines.config import load_config
-    from towerrec.pipelines.evaluate import query_embeddings, split_queries
-    from towerrec.pipelines.index import INDEX_DIR, Index
-    from towerrec.pipelines.prior import served_queries
-    from towerrec.pipelines.train import load_run
+    from towerrec.config import load_config
+    from towerrec.evaluation.evaluate import query_embeddings, split_queries
+    from towerrec.export.index import INDEX_DIR, Index
+    from towerrec.training.prior import served_queries
+    from towerrec.training.train import load_run
 
     import numpy as np
 
@@ -1068,9 +1068,9 @@ def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
 
 def compare_with_exact(index, queries) -> dict:
     """Recall@10 against exact search and QPS over exact search's, of a built
-    towerrec.pipelines.index.Index at its own setting and a few around it (leaves searched);
+    towerrec.export.index.Index at its own setting and a few around it (leaves searched);
     everything on one thread (BLAS included)."""
-    from towerrec.pipelines.index import exact_top_k, recall_against_exact
+    from towerrec.export.index import exact_top_k, recall_against_exact
 
     import numpy as np
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -1101,7 +1101,7 @@ def compare_with_exact(index, queries) -> dict:
     return {"items": int(len(items)), "dims": int(items.shape[1]),
             "queries": int(len(queries)), "mode": index.settings["mode"],
             "settings": index.settings, "exact_qps": exact_qps,
-            "exact": "NumPy float32 matmul + partial sort (towerrec.pipelines.topk), "
+            "exact": "NumPy float32 matmul + partial sort (towerrec.evaluation.topk), "
                      "blocks of queries",
             "blas": "; ".join(blas) or "none found", "blas_threads": 1,
             "scann_qps": chosen["qps"], "recall_at_10": chosen["recall_at_10"],

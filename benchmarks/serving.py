@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import towerrec  # noqa: E402,F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.publish import provenance_run_dir  # noqa: E402
+from towerrec.export.publish import provenance_run_dir  # noqa: E402
 from towerrec.serving.client import RecommenderClient  # noqa: E402
 from towerrec.serving.manager import versions_on_disk  # noqa: E402
 from towerrec.serving.models import warmup_requests  # noqa: E402

@@ -1,9 +1,11 @@
 """The lint step's import checks over towerrec's own modules (`make test` runs it):
 
 * no cycle among module-level imports (a function-level import is a deliberate late one);
-* no production module imports the tests' helpers (`tests.*`).
+* no production module imports the tests' helpers (`tests.*`);
+* no folder of the package holds more than MAX_FOLDER_SHARE of its lines (a flat list of
+  every step is what the package layout is there to avoid).
 
-Prints each folder's share of the code as information. Exits 1 with what is wrong.
+Prints each folder's share of the code. Exits 1 with what is wrong.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "towerrec"
+MAX_FOLDER_SHARE = 0.35
 
 
 def module_name(path: Path) -> str:
@@ -103,10 +106,14 @@ def main() -> int:
         shares[folder] = shares.get(folder, 0) + count
     print("code by folder: " + ", ".join(f"{f} {n / total:.0%}" for f, n in
                                          sorted(shares.items(), key=lambda x: -x[1])))
+    problems += [f"{folder} holds {n / total:.0%} of the code (at most "
+                 f"{MAX_FOLDER_SHARE:.0%}): split it by concept"
+                 for folder, n in sorted(shares.items()) if n / total > MAX_FOLDER_SHARE]
     for problem in problems:
         print(problem, file=sys.stderr)
-    print(f"imports: {len(edges)} modules, "
-          f"{'no cycle, no test helper in production code' if not problems else 'FAILED'}")
+    verdict = ("no cycle, no test helper in production code, no folder over "
+               f"{MAX_FOLDER_SHARE:.0%}") if not problems else "FAILED"
+    print(f"imports: {len(edges)} modules, {verdict}")
     return 1 if problems else 0
 
 

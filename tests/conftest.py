@@ -5,8 +5,8 @@ import logging
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.config import load_config
-from towerrec.pipelines.movielens import load_movielens_100k
+from towerrec.config import load_config
+from towerrec.data.movielens import load_movielens_100k
 from towerrec.towers.text_encoder import export_text_encoder, resolve_preset, tiny_bert
 
 import pytest
@@ -87,9 +87,9 @@ def minilm_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def pipeline_log(caplog):
-    """caplog over the library's step reports ("towerrec.pipelines" at INFO), which the CLI
+    """caplog over the library's step reports ("towerrec.steps" at INFO), which the CLI
     keeps from propagating to the root logger where caplog listens."""
-    logger = logging.getLogger("towerrec.pipelines")
+    logger = logging.getLogger("towerrec.steps")
     level = logger.level
     logger.addHandler(caplog.handler)
     logger.setLevel(logging.INFO)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.export import example_requests, export_models
-from towerrec.pipelines.train import train
+from towerrec.export.export import example_requests, export_models
+from towerrec.training.train import train
 
 import numpy as np
 

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.config import ConfigError, to_dict
+from towerrec.data.features import tf_dataset
 from towerrec.pipelines.cli import main
-from towerrec.pipelines.config import ConfigError, to_dict
-from towerrec.pipelines.distribute import choose_strategy
-from towerrec.pipelines.features import tf_dataset
-from towerrec.pipelines.train import prepare, train, training_features
+from towerrec.training.distribute import choose_strategy
+from towerrec.training.train import prepare, train, training_features
 
 import numpy as np
 import pytest
@@ -31,9 +31,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from towerrec.pipelines.config import load_config
-from towerrec.pipelines.distribute import choose_strategy
-from towerrec.pipelines.train import train
+from towerrec.config import load_config
+from towerrec.training.distribute import choose_strategy
+from towerrec.training.train import train
 
 run = train(load_config(sys.argv[1]), verbose=0)
 strategy = run.model.distribute_strategy

@@ -7,14 +7,14 @@ import sys
 import threading
 import time
 
+from towerrec.config import to_dict
+from towerrec.data.dataset import ADDED_ITEMS, DataError
+from towerrec.data.features import pad_history
+from towerrec.export.index import Index
+from towerrec.export.publish import exclusive, run_lock
 from towerrec.pipelines.add_items import add_items
 from towerrec.pipelines.cli import main
-from towerrec.pipelines.config import to_dict
-from towerrec.pipelines.data import ADDED_ITEMS, DataError
-from towerrec.pipelines.features import pad_history
-from towerrec.pipelines.index import Index
-from towerrec.pipelines.publish import exclusive, run_lock
-from towerrec.pipelines.train import train
+from towerrec.training.train import train
 
 import numpy as np
 import pandas as pd
@@ -59,8 +59,8 @@ def test_added_item_is_retrieved_for_a_matching_query(trained, tmp_path):
 
     index = Index(trained.run_path / "index")
     assert len(index.item_ids) == 1684
-    from towerrec.pipelines.evaluate import query_embeddings
-    from towerrec.pipelines.features import Queries
+    from towerrec.data.features import Queries
+    from towerrec.evaluation.evaluate import query_embeddings
     query = Queries(np.array([""], dtype=object), pad_history([STAR_WARS_FAN], 20),
                     np.array(["a 25 year old man, student, Saturday evening"], dtype=object),
                     [np.array([0])], [np.array([], np.int64)])
@@ -207,8 +207,8 @@ class Lines:
 
 
 def test_a_movielens_title_that_is_empty_is_refused_though_a_year_follows(tmp_path):
+    from towerrec.config import load_config
     from towerrec.pipelines.add_items import read_new_items
-    from towerrec.pipelines.config import load_config
     path = tmp_path / "new.csv"
     pd.DataFrame({"item_id": ["m-1"], "title": ["  "], "genres": ["Drama"],
                   "year": [1995]}).to_csv(path, index=False)
@@ -221,8 +221,8 @@ def test_a_movielens_title_that_is_empty_is_refused_though_a_year_follows(tmp_pa
 def test_an_item_stored_by_an_older_add_items_is_the_same_item(tmp_path):
     """Older runs stored no `title` and kept texts whole; a resume must not call that item
     changed."""
+    from towerrec.data.dataset import MAX_TEXT_CHARS
     from towerrec.pipelines.add_items import _same_row
-    from towerrec.pipelines.data import MAX_TEXT_CHARS
     long_text = "word " * (MAX_TEXT_CHARS // 4)
     now = pd.Series({"title": "T", "text": long_text[:MAX_TEXT_CHARS].strip(), "year": np.nan})
     older = pd.Series({"text": long_text, "year": np.nan})

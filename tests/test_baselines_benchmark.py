@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from towerrec.pipelines.features import Queries  # noqa: E402
-from towerrec.pipelines.topk import DotScores  # noqa: E402
+from towerrec.data.features import Queries  # noqa: E402
+from towerrec.evaluation.topk import DotScores  # noqa: E402
 
 import baselines  # noqa: E402
 

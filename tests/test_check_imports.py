@@ -26,3 +26,14 @@ def test_the_tree_passes(capsys):
     assert check_imports.main() == 0
     assert "no cycle" in capsys.readouterr().out
 
+
+
+def test_a_folder_over_its_share_is_a_problem(tmp_path, monkeypatch, capsys):
+    package = tmp_path / check_imports.PACKAGE
+    (package / "big").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "small.py").write_text("x = 1\n")
+    (package / "big" / "__init__.py").write_text("".join(f"x{i} = {i}\n" for i in range(9)))
+    monkeypatch.setattr(check_imports, "ROOT", tmp_path)
+    assert check_imports.main() == 1
+    assert "towerrec/big holds 90% of the code" in capsys.readouterr().err

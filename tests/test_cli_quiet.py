@@ -13,7 +13,7 @@ import pytest
 def test_quiet_keeps_warnings_and_drops_step_reports(argv, quiet, capsys):
     args = build_parser().parse_args(argv)
     assert args.quiet is quiet
-    logger = logging.getLogger("towerrec.pipelines.retrain")
+    logger = logging.getLogger("towerrec.steps")
     try:
         log_pipeline_steps(args.quiet)
         logger.info("gate: a step report")

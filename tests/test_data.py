@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import re
 
+from towerrec.config import ConfigError, load_config
+from towerrec.data.dataset import DataError, id_column, load_dataset
+from towerrec.data.movielens import load_movielens_100k
 from towerrec.pipelines.cli import main
-from towerrec.pipelines.config import ConfigError, load_config
-from towerrec.pipelines.data import DataError, id_column, load_dataset
-from towerrec.pipelines.movielens import load_movielens_100k
 
 import pandas as pd
 import pytest
@@ -136,7 +136,7 @@ def test_an_empty_timestamp_is_a_data_error(tmp_path):
 def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
     config = config_for(tmp_path, INTERACTIONS.drop(columns="user_id"))
     path = tmp_path / "config.yaml"
-    from towerrec.pipelines.config import to_dict
+    from towerrec.config import to_dict
 
     import yaml
     path.write_text(yaml.safe_dump(to_dict(config)))
@@ -176,7 +176,7 @@ def test_movielens_from_grouplens_folder(movielens, tmp_path):
     (tmp_path / "u.item").write_text("".join(lines), encoding="latin-1")
     import io
 
-    from towerrec.pipelines.movielens import _read_files
+    from towerrec.data.movielens import _read_files
     users = pd.read_csv(io.BytesIO(_read_files("")["ml-100k.user"]), sep="\t", dtype=str)
     (tmp_path / "u.user").write_text("".join("|".join(row) + "\n" for row in users.values))
     grouplens = load_movielens_100k(str(tmp_path))
@@ -210,7 +210,7 @@ def test_a_setting_goes_into_a_section_left_empty_in_the_file(tmp_path):
 
 
 def test_a_huge_text_cell_is_cut_when_read(tmp_path):
-    from towerrec.pipelines.data import MAX_TEXT_CHARS
+    from towerrec.data.dataset import MAX_TEXT_CHARS
     items = ITEMS.assign(title=["x" * 400_000, "b", "c"])
     inter = INTERACTIONS.assign(context=["y" * 50_000, "", "z"])
     dataset = load_dataset(config_for(tmp_path, inter, items, context_column="context"))

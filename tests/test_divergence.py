@@ -4,8 +4,8 @@ non-finite candidate embeddings."""
 from __future__ import annotations
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.export import export_models
-from towerrec.pipelines.train import ModelError, check_finite, load_run, train
+from towerrec.export.export import export_models
+from towerrec.training.train import ModelError, check_finite, load_run, train
 
 import numpy as np
 import pytest

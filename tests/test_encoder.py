@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.train import train
 from towerrec.towers.text_encoder import TextEncoder, export_text_encoder
+from towerrec.training.train import train
 
 import numpy as np
 import pytest

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 
-from towerrec.pipelines.calibrate import (
+from towerrec.config import to_dict
+from towerrec.evaluation.evaluate import evaluate_run, evaluate_scores, split_queries
+from towerrec.pipelines.cli import main
+from towerrec.training.calibrate import (
     CALIBRATION_DIR,
     HALF_LIVES_DAYS,
     NEW_ITEM_QUANTILES,
     WEIGHTS,
     calibrate_prior,
 )
-from towerrec.pipelines.cli import main
-from towerrec.pipelines.config import to_dict
-from towerrec.pipelines.evaluate import evaluate_run, evaluate_scores, split_queries
-from towerrec.pipelines.train import train
+from towerrec.training.train import train
 
 import numpy as np
 import pytest

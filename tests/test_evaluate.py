@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from towerrec.pipelines.config import ConfigError, load_config
-from towerrec.pipelines.evaluate import (
+from towerrec.config import ConfigError, load_config
+from towerrec.data.features import Queries
+from towerrec.evaluation.evaluate import (
     evaluate_scores,
     markdown_table,
     ranking_metrics,
@@ -14,11 +15,10 @@ from towerrec.pipelines.evaluate import (
     target_hits,
     top_k,
 )
-from towerrec.pipelines.features import Queries
-from towerrec.pipelines.index import exact_top_k
-from towerrec.pipelines.rank import cooccurrence_neighbours, history_rows
-from towerrec.pipelines.topk import DotScores, chunk_rows_for, top_k_scores
+from towerrec.evaluation.topk import DotScores, chunk_rows_for, top_k_scores
+from towerrec.export.index import exact_top_k
 from towerrec.towers.ranking_features import NO_ROW
+from towerrec.training.rank import cooccurrence_neighbours, history_rows
 
 import numpy as np
 import pandas as pd
@@ -123,7 +123,7 @@ def test_hand_computed_recall_and_ndcg():
 
 
 def test_recall_curve_plots_one_png_per_split(tmp_path):
-    from towerrec.pipelines.plots import plot_recall_curves
+    from towerrec.evaluation.plots import plot_recall_curves
 
     curves = {"warm": {"a": [0.1, 0.2, 0.3], "b": [0.0, 0.1, 0.4]}, "future": {"a": [0.5]}}
     written = plot_recall_curves(curves, tmp_path, "test")
@@ -262,7 +262,7 @@ def test_cooccurrence_history_keeps_each_users_latest_interactions():
 
 
 def test_queries_of_a_split_follow_time_and_an_empty_split_has_none():
-    from towerrec.pipelines.features import evaluation_queries
+    from towerrec.data.features import evaluation_queries
 
     columns = ["user_id", "item_id", "timestamp", "context_text"]
     train = pd.DataFrame([("u1", "a", 3, ""), ("u1", "b", 1, ""), ("u2", "c", 5, "")],
@@ -283,7 +283,7 @@ def test_queries_of_a_split_follow_time_and_an_empty_split_has_none():
 
 
 def test_training_histories_are_each_users_earlier_items_most_recent_last():
-    from towerrec.pipelines.features import training_examples
+    from towerrec.data.features import training_examples
 
     columns = ["user_id", "item_id", "timestamp", "context_text"]
     train = pd.DataFrame([("u2", "c", 4, "z"), ("u1", "b", 2, "y"), ("u1", "a", 1, "x"),
@@ -302,7 +302,7 @@ def test_training_histories_are_each_users_earlier_items_most_recent_last():
 
 
 def test_recall_against_qps_plots_a_png(tmp_path):
-    from towerrec.pipelines.plots import plot_recall_qps
+    from towerrec.evaluation.plots import plot_recall_qps
 
     path = plot_recall_qps([(10, 0.9, 5000.0), (50, 0.97, 900.0)], 80.0,
                            tmp_path / "sub" / "recall_qps.png", "test")

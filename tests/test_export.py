@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, top_k
-from towerrec.pipelines.export import MODELS, example_queries, example_requests, export_models
-from towerrec.pipelines.prior import served_candidates, served_queries
-from towerrec.pipelines.rank import (
+from towerrec.evaluation.evaluate import candidate_embeddings, query_embeddings, top_k
+from towerrec.export.export import MODELS, example_queries, example_requests, export_models
+from towerrec.training.prior import served_candidates, served_queries
+from towerrec.training.rank import (
     CandidateLists,
     history_rows,
     list_features,
@@ -19,7 +19,7 @@ from towerrec.pipelines.rank import (
     serving_features,
     train_ranker,
 )
-from towerrec.pipelines.train import train
+from towerrec.training.train import train
 
 import numpy as np
 import pytest
@@ -49,7 +49,7 @@ pickle.dump(out, open(sys.argv[2], "wb"))
 def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_run")
     (run_dir / "encoder").symlink_to(tiny_encoder_dir)
-    # A fixed item prior: the exports search with it (towerrec.pipelines.prior). The
+    # A fixed item prior: the exports search with it (towerrec.training.prior). The
     # order-aware history encoder: the mean is what the end-to-end test exports.
     config = slice_config(movielens_slice, run_dir, **{
         "training.epochs": 2, "prior.calibrate": False, "prior.weight_with_history": 0.1,
@@ -61,7 +61,7 @@ def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
 
 
 def test_catalogue_resolves_ids_and_titles(tmp_path):
-    from towerrec.pipelines.graphs import Catalogue
+    from towerrec.export.graphs import Catalogue
 
     import tensorflow as tf
     catalogue = Catalogue(["1", "2", "3"], ["Matrix, The (1999)", "Alien (1979)",

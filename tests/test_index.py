@@ -1,7 +1,7 @@
 """The ScaNN index: configuration by catalogue size, recall against exact search."""
 from __future__ import annotations
 
-from towerrec.pipelines.index import (
+from towerrec.export.index import (
     Index,
     build_index,
     exact_top_k,

@@ -1,7 +1,7 @@
 """The item prior: hand-computed decayed counts, no look past the request, new items."""
 from __future__ import annotations
 
-from towerrec.pipelines.prior import (
+from towerrec.training.prior import (
     DAY,
     SMOOTHING,
     PriorScores,

@@ -3,8 +3,10 @@ items in their slots, and a saved ranker that scores as the trained one did."""
 from __future__ import annotations
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.evaluate import split_queries
-from towerrec.pipelines.rank import (
+from towerrec.evaluation.evaluate import split_queries
+from towerrec.towers.ranking import rerank_order
+from towerrec.towers.ranking_features import NO_ROW, NUM_FEATURES
+from towerrec.training.rank import (
     candidate_lists,
     cooccurrence_neighbours,
     hold_out_last,
@@ -14,9 +16,7 @@ from towerrec.pipelines.rank import (
     rerank,
     train_ranker,
 )
-from towerrec.pipelines.train import train
-from towerrec.towers.ranking import rerank_order
-from towerrec.towers.ranking_features import NO_ROW, NUM_FEATURES
+from towerrec.training.train import train
 
 import numpy as np
 import pytest
@@ -99,7 +99,7 @@ def test_rerank_only_reorders_and_cold_items_keep_their_slots(run, trained_ranke
 @pytest.mark.large
 def test_saved_ranker_scores_as_the_trained_one(run, trained_ranker):
     results, ranker = trained_ranker
-    from towerrec.pipelines.rank import evaluate_two_stages
+    from towerrec.training.rank import evaluate_two_stages
     again = evaluate_two_stages(run, ranker)
     for stage, splits in results.items():
         for split, metrics in splits.items():

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.cli import main
-from towerrec.pipelines.config import load_config, to_dict
-from towerrec.pipelines.data import Dataset
-from towerrec.pipelines.export import export_models
-from towerrec.pipelines.features import Indexed
-from towerrec.pipelines.movielens import csv_config_values, write_time_split
-from towerrec.pipelines.publish import (
+from towerrec.config import load_config, to_dict
+from towerrec.data.dataset import Dataset
+from towerrec.data.features import Indexed
+from towerrec.data.movielens import csv_config_values, write_time_split
+from towerrec.export.export import export_models
+from towerrec.export.publish import (
     MODELS,
     PROVENANCE,
     PUBLISH_JOURNAL,
@@ -27,8 +26,9 @@ from towerrec.pipelines.publish import (
     publish,
     versions,
 )
+from towerrec.pipelines.cli import main
 from towerrec.pipelines.retrain import GENERATIONS, gate, retrain
-from towerrec.pipelines.train import train
+from towerrec.training.train import train
 
 import numpy as np
 import pandas as pd
@@ -153,7 +153,7 @@ def test_retrain_publishes_and_the_server_serves_new_items(published, data):
 
 
 def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monkeypatch):
-    import towerrec.pipelines.train as train_module
+    import towerrec.training.train as train_module
 
     config, base, _ = published
     features = train_module.training_features

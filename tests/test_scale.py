@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.config import load_config
-from towerrec.pipelines.evaluate import evaluate_run
-from towerrec.pipelines.export import example_requests, export_models
-from towerrec.pipelines.rank import train_ranker
-from towerrec.pipelines.train import load_run, train
+from towerrec.config import load_config
+from towerrec.evaluation.evaluate import evaluate_run
+from towerrec.export.export import example_requests, export_models
+from towerrec.training.rank import train_ranker
+from towerrec.training.train import load_run, train
 
 import numpy as np
 import pytest

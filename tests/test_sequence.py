@@ -98,8 +98,8 @@ def test_saved_model_reloads_to_the_same_outputs(tmp_path):
 def test_a_saved_model_keeps_the_towers_it_was_trained_with(tmp_path, pipeline_log):
     import json
 
-    from towerrec.pipelines.config import load_config, to_dict
-    from towerrec.pipelines.train import trained_towers
+    from towerrec.config import load_config, to_dict
+    from towerrec.training.train import trained_towers
     config = load_config(None)
     assert config.towers.history_encoder == "attention"
     saved = to_dict(config)

@@ -98,7 +98,7 @@ def _no_variables(folder):
 
 def _bad_warmup(folder):
     """A warm-up record whose request the model refuses (an input it does not have)."""
-    from towerrec.pipelines.export import write_warmup
+    from towerrec.export.export import write_warmup
 
     import numpy as np
 

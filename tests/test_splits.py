@@ -1,8 +1,8 @@
 """Split invariants on real MovieLens-100K."""
 from __future__ import annotations
 
-from towerrec.pipelines.config import load_config
-from towerrec.pipelines.splits import (
+from towerrec.config import load_config
+from towerrec.data.splits import (
     future_split,
     get_splits,
     load_splits,
@@ -125,13 +125,13 @@ def test_validation_is_carved_from_training_as_the_test_was(future, splits):
 
 
 def test_an_unknown_protocol_is_refused():
-    from towerrec.pipelines.config import ConfigError
+    from towerrec.config import ConfigError
     with pytest.raises(ConfigError, match="split.protocol: 'tomorrow' is not one of"):
         load_config(None, {"split.protocol": "tomorrow"})
 
 
 def test_a_future_query_is_the_history_before_the_cut_and_the_first_context_after(future):
-    from towerrec.pipelines.features import evaluation_queries
+    from towerrec.data.features import evaluation_queries
     train, test = future["train"], future["future"]
     user = test["user_id"].iloc[0]
     catalogue = np.array(sorted(set(train["item_id"]) | set(test["item_id"])), dtype=object)

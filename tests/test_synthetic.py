@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import logging
 
-from towerrec.pipelines import synthetic
+from towerrec.config import ConfigError, load_config
+from towerrec.data import synthetic
+from towerrec.data.dataset import load_dataset
+from towerrec.data.synthetic import SIZES, generate
 from towerrec.pipelines.cli import main
-from towerrec.pipelines.config import ConfigError, load_config
-from towerrec.pipelines.data import load_dataset
-from towerrec.pipelines.synthetic import SIZES, generate
 
 import numpy as np
 import pandas as pd
@@ -147,16 +146,15 @@ def test_preferences_drift(small):
     assert distance(0, 3) > distance(1, 2) + 0.1
 
 
-def test_load_dataset_generates_once_then_reads(tmp_path, caplog):
+def test_load_dataset_generates_once_then_reads(tmp_path, pipeline_log):
     config = load_config(None, {"data.source": "synthetic", "data.size": "XS",
                                 "data.path": str(tmp_path / "data"),
                                 "run_dir": str(tmp_path / "run")})
-    with caplog.at_level(logging.INFO, logger="towerrec.pipelines"):
-        dataset = load_dataset(config)
-        assert "generating the synthetic catalogue XS" in caplog.text
-        caplog.clear()
-        again = load_dataset(config)
-        assert "generating" not in caplog.text
+    dataset = load_dataset(config)
+    assert "generating the synthetic catalogue XS" in pipeline_log.text
+    pipeline_log.clear()
+    again = load_dataset(config)
+    assert "generating" not in pipeline_log.text
     pd.testing.assert_frame_equal(dataset.items, again.items)
     assert list(dataset.items.columns) == ["item_id", "title", "text", "categories", "price"]
     assert list(dataset.interactions.columns) == ["user_id", "item_id", "timestamp", "rating",

@@ -1,8 +1,11 @@
 """towerrec: BERT two-tower retrieval on TensorFlow Recommenders, served the TF Serving way.
 
-Packages: `towerrec.towers` (the encoder boundary, towers, models), `towerrec.pipelines`
-(config -> data -> train -> evaluate -> index -> export -> retrain, and the CLI),
-`towerrec.serving` (the TF Serving API over exported models).
+The flow and its packages: `towerrec.config` (every default) -> `towerrec.data` (sources,
+splits, features) -> `towerrec.towers` (the encoder boundary, towers, models) ->
+`towerrec.training` (training, the item prior, the ranker) -> `towerrec.evaluation`
+(metrics, top-k, plots) -> `towerrec.export` (index, SavedModels, publishing) ->
+`towerrec.serving` (the TF Serving API over exported models); `towerrec.pipelines` holds
+the CLI and the steps that chain the others (add-items, retrain).
 
 TFRS 0.7.7 needs Keras 2 (tf_keras) while keras-hub is Keras 3. The switch must be set before
 TensorFlow is first imported, so it is set here, once, for the whole package.

@@ -1,1 +1,1 @@
-"""towerrec pipelines: config -> data -> splits -> train -> evaluate, one module a step."""
+"""The CLI and the steps that chain the other packages: add-items, retrain."""

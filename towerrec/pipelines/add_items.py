@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
-from towerrec.pipelines.config import Config
-from towerrec.pipelines.data import (
+from towerrec.config import Config
+from towerrec.data.dataset import (
     ADDED_ITEMS,
     MAX_TEXT_CHARS,
     DataError,
@@ -38,7 +38,7 @@ def read_new_items(path: str, config: Config, catalogue_ids,
     raw = read_table(path, "new items")
     movielens = config.data.source == "movielens-100k"
     if movielens:
-        from towerrec.pipelines.movielens import ITEM_COLUMNS as expected
+        from towerrec.data.movielens import ITEM_COLUMNS as expected
     else:
         expected = item_columns(config.data)
     unknown = [c for c in raw.columns if c not in expected]
@@ -54,7 +54,7 @@ def read_new_items(path: str, config: Config, catalogue_ids,
         raise DataError(f"new items file {path}: row {int(np.flatnonzero(empty)[0])} has an "
                         f"empty {title}")
     if movielens:
-        from towerrec.pipelines.movielens import movielens_items
+        from towerrec.data.movielens import movielens_items
         new = movielens_items(raw, path)
     else:
         new = items_frame(raw, config.data, path)
@@ -92,7 +92,7 @@ def _same_row(new: pd.Series, old: pd.Series) -> bool:
 def add_items(config: Config, path: str, model_base_path: Optional[Path] = None) -> Dict:
     """Adds the items of `path`; returns {"items": frame, "index": settings, "exports": ...}.
     Running it again with the same file after a kill finishes what the first run began."""
-    from towerrec.pipelines.publish import exclusive, latest_run_config, run_lock
+    from towerrec.export.publish import exclusive, latest_run_config, run_lock
 
     if model_base_path is None:
         with run_lock(config.run_path):
@@ -105,11 +105,11 @@ def add_items(config: Config, path: str, model_base_path: Optional[Path] = None)
 
 
 def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Dict:
-    from towerrec.pipelines.evaluate import candidate_embeddings
-    from towerrec.pipelines.export import export_models
-    from towerrec.pipelines.index import INDEX_DIR, build_index
-    from towerrec.pipelines.prior import served_candidates
-    from towerrec.pipelines.train import load_run
+    from towerrec.evaluation.evaluate import candidate_embeddings
+    from towerrec.export.export import export_models
+    from towerrec.export.index import INDEX_DIR, build_index
+    from towerrec.training.prior import served_candidates
+    from towerrec.training.train import load_run
 
     run_path = config.run_path
     added = run_path / ADDED_ITEMS

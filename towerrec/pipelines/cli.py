@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from towerrec.pipelines.config import ConfigError, load_config
-from towerrec.pipelines.data import DataError
-from towerrec.pipelines.stages import stage
+from towerrec.config import ConfigError, load_config
+from towerrec.data.dataset import DataError
+from towerrec.stages import stage
 
 import yaml
 
@@ -20,8 +20,8 @@ QUIET_HELP = ("show only towerrec's warnings and errors: no step reports (stage 
 
 
 def _train(args) -> int:
-    from towerrec.pipelines.calibrate import calibrate_prior
-    from towerrec.pipelines.train import train
+    from towerrec.training.calibrate import calibrate_prior
+    from towerrec.training.train import train
 
     config = load_config(args.config, _overrides(args))
     started = time.time()
@@ -34,7 +34,7 @@ def _train(args) -> int:
 
 
 def _encode(args) -> int:
-    from towerrec.pipelines.train import encode
+    from towerrec.training.train import encode
 
     config = load_config(args.config, _overrides(args))
     counts = encode(config)
@@ -44,8 +44,8 @@ def _encode(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from towerrec.pipelines.evaluate import METRIC_NOTE, evaluate_run, markdown_table
-    from towerrec.pipelines.train import load_run
+    from towerrec.evaluation.evaluate import METRIC_NOTE, evaluate_run, markdown_table
+    from towerrec.training.train import load_run
 
     config = _run_config(args)
     run = load_run(config)
@@ -56,7 +56,7 @@ def _evaluate(args) -> int:
     print(table)
     print(f"\n{METRIC_NOTE}")
     if args.plot:
-        from towerrec.pipelines.plots import plot_recall_curves
+        from towerrec.evaluation.plots import plot_recall_curves
         curves = {split: {config.name: m["recall_curve"]} for split, m in metrics.items()}
         for path in plot_recall_curves(curves, config.run_path / "plots", config.name):
             print(f"wrote {path}")
@@ -66,10 +66,14 @@ def _evaluate(args) -> int:
 
 
 def _index(args) -> int:
-    from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
-    from towerrec.pipelines.index import INDEX_DIR, Index, build_index, recall_against_exact
-    from towerrec.pipelines.prior import served_candidates, served_queries
-    from towerrec.pipelines.train import load_run
+    from towerrec.evaluation.evaluate import (
+        candidate_embeddings,
+        query_embeddings,
+        training_queries,
+    )
+    from towerrec.export.index import INDEX_DIR, Index, build_index, recall_against_exact
+    from towerrec.training.prior import served_candidates, served_queries
+    from towerrec.training.train import load_run
 
     config = _run_config(args)
     run = load_run(config)
@@ -91,8 +95,8 @@ def _index(args) -> int:
 
 
 def _export(args) -> int:
-    from towerrec.pipelines.export import export_models
-    from towerrec.pipelines.train import load_run
+    from towerrec.export.export import export_models
+    from towerrec.training.train import load_run
 
     run = load_run(_run_config(args))
     with stage("export", items=len(run.catalogue["item_id"])):
@@ -116,8 +120,8 @@ def _add_items(args) -> int:
 
 
 def _train_ranker(args) -> int:
-    from towerrec.pipelines.evaluate import markdown_table
-    from towerrec.pipelines.rank import train_ranker
+    from towerrec.evaluation.evaluate import markdown_table
+    from towerrec.training.rank import train_ranker
 
     config = _run_config(args)
     with stage("train ranker"):
@@ -146,7 +150,7 @@ def _retrain(args) -> int:
 
 
 def _rollback(args) -> int:
-    from towerrec.pipelines.publish import MODELS, rollback
+    from towerrec.export.publish import MODELS, rollback
 
     models = [m for m in MODELS if (Path(args.model_base_path) / m).is_dir()] \
         if args.model == "all" else [args.model]
@@ -156,7 +160,7 @@ def _rollback(args) -> int:
 
 
 def _synth(args) -> int:
-    from towerrec.pipelines.synthetic import generate
+    from towerrec.data.synthetic import generate
 
     started = time.time()
     with stage("generate") as record:
@@ -237,7 +241,7 @@ def _query(args) -> int:
 def _run_config(args):
     """The config, pointed at the run to act on: given --model-base-path, the newer of the
     config's run and the run behind the models served there (a retrain's generation)."""
-    from towerrec.pipelines.publish import latest_run_config
+    from towerrec.export.publish import latest_run_config
 
     config = load_config(args.config, _overrides(args))
     base_path = getattr(args, "model_base_path", None)
@@ -444,7 +448,7 @@ def log_pipeline_steps(quiet: bool = False) -> None:
         def stream(self, value):
             pass
 
-    logger = logging.getLogger("towerrec.pipelines")
+    logger = logging.getLogger("towerrec.steps")
     if not logger.handlers:
         handler = Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -473,8 +477,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         quiet_tensorflow(args.verbose)
     if args.command != "serve":
         log_pipeline_steps(args.quiet)
-    from towerrec.pipelines.train import ModelError
     from towerrec.towers.text_encoder import EncoderError
+    from towerrec.training.train import ModelError
     try:
         return args.handler(args)
     except (ConfigError, DataError, EncoderError, ModelError, OSError,

@@ -11,7 +11,7 @@ export, evaluates the staged and the published towers on the same holdout, and p
 only if the new model is not worse beyond `retrain.tolerance`.
 
 Nothing published is touched before the gate passes. The base path's lock and its
-journaled publish (pipelines/publish.py) make a retrain killed at any moment leave every
+journaled publish (towerrec/export/publish.py) make a retrain killed at any moment leave every
 published version intact, and the next writer finish a publish cut short; a retrain also
 removes the generations a killed one left unfinished.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.config import Config, DataConfig
-from towerrec.pipelines.data import (
+from towerrec.config import Config, DataConfig
+from towerrec.data.dataset import (
     ADDED_INTERACTIONS,
     ADDED_ITEMS,
     DataError,
@@ -36,8 +36,9 @@ from towerrec.pipelines.data import (
     interactions_frame,
     read_table,
 )
-from towerrec.pipelines.export import export_models
-from towerrec.pipelines.publish import (
+from towerrec.data.splits import hold_out_last, save_splits
+from towerrec.export.export import export_models
+from towerrec.export.publish import (
     discard,
     exclusive,
     latest_run_config,
@@ -47,14 +48,13 @@ from towerrec.pipelines.publish import (
     served_version,
     versions,
 )
-from towerrec.pipelines.splits import hold_out_last, save_splits
-from towerrec.pipelines.train import Run, load_run, train
 from towerrec.towers.retrieval import Vocabularies
+from towerrec.training.train import Run, load_run, train
 
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 GENERATIONS = "generations"
 GENERATION_FILE = "generation.json"  # written when a generation has finished training
 RECENT = "recent"
@@ -103,7 +103,11 @@ def extend_vocabularies(old: Vocabularies, train_split: pd.DataFrame) -> Vocabul
 
 
 def _build(run: Run) -> None:
-    from towerrec.pipelines.evaluate import candidate_embeddings, query_embeddings, training_queries
+    from towerrec.evaluation.evaluate import (
+        candidate_embeddings,
+        query_embeddings,
+        training_queries,
+    )
     candidate_embeddings(run)
     query_embeddings(run, training_queries(run, 1))
 
@@ -137,7 +141,7 @@ def warm_start_from(previous: Run):
 def holdout_metrics(run: Run, model, splits: List[str]) -> Dict[str, Dict[str, float]]:
     """{split: metrics} of `model`'s towers on `run`'s splits and catalogue (the same
     protocol as `towerrec evaluate`; text embeddings come from the shared cache)."""
-    from towerrec.pipelines.evaluate import evaluate_split
+    from towerrec.evaluation.evaluate import evaluate_split
 
     judged = dataclasses.replace(run, model=model)
     return {split: evaluate_split(judged, split) for split in splits}

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict
 
-from towerrec.pipelines.data import (
+from towerrec.data.dataset import (
     MULTI_VALUE_SEPARATOR,
     DataError,
     Dataset,

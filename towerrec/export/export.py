@@ -17,9 +17,9 @@ has a `serving_default` signature with named inputs and outputs:
 * recommender_scann: the same with ScaNN's top k instead of brute force, for big
                    catalogues (needs the ScaNN ops, as retrieval_scann)
 
-A history names items by id or by title. The graphs are in pipelines/graphs.py.
+A history names items by id or by title. The graphs are in towerrec/export/graphs.py.
 
-A version is written to a temporary folder and renamed into place (pipelines/publish.py),
+A version is written to a temporary folder and renamed into place (towerrec/export/publish.py),
 so a reader (TF Serving polls the base path) never sees half a version.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.features import utf8
-from towerrec.pipelines.publish import (
+from towerrec.data.features import utf8
+from towerrec.export.publish import (
     MODELS,
     PROVENANCE,
     RANKED_MODELS,
@@ -45,7 +45,7 @@ from towerrec.pipelines.publish import (
 import numpy as np
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
 def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpec],
@@ -94,7 +94,7 @@ def write_warmup(version_dir: Path, model_name: str, request: Dict[str, np.ndarr
 def example_queries(run):
     """The queries of `example_requests`: the first two training users', the second
     without its id and history."""
-    from towerrec.pipelines.evaluate import training_queries
+    from towerrec.evaluation.evaluate import training_queries
 
     queries = training_queries(run, 2)
     queries.user_id[1:] = ""
@@ -135,8 +135,8 @@ def export_models(run, base_path: Path, k: Optional[int] = None,
 
 def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
                    models: Optional[List[str]], stage_only: bool) -> Dict[str, Path]:
-    from towerrec.pipelines.evaluate import candidate_embeddings
-    from towerrec.pipelines.graphs import (
+    from towerrec.evaluation.evaluate import candidate_embeddings
+    from towerrec.export.graphs import (
         BruteForceRetrieval,
         CandidateModel,
         Catalogue,
@@ -149,9 +149,9 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
         query_signature,
         ranker_signature,
     )
-    from towerrec.pipelines.prior import served_candidates
-    from towerrec.pipelines.rank import load_ranker, ranker_exists, serving_features
-    from towerrec.pipelines.train import check_finite
+    from towerrec.training.prior import served_candidates
+    from towerrec.training.rank import load_ranker, ranker_exists, serving_features
+    from towerrec.training.train import check_finite
 
     k = k or run.config.ranker.retrieved
     text = TextEncoding(run.text_inputs.encoder.directory)

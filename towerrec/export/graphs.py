@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.features import utf8
+from towerrec.data.features import utf8
 from towerrec.towers.features import NO_ROW, host_variable
 from towerrec.towers.ranking import rerank_order
 from towerrec.towers.ranking_features import RankingFeatures
@@ -132,7 +132,7 @@ class QueryModel(tf.Module):
     the vectors retrieval searches with.
 
     `prior_weights` (with a history, without one): the run's item prior weights
-    (towerrec.pipelines.prior); a search vector then ends with the request's weight, and
+    (towerrec.training.prior); a search vector then ends with the request's weight, and
     the candidates it is searched against with their log prior. None: no prior.
     """
 
@@ -236,7 +236,7 @@ class ScannRetrieval(tf.Module):
 
     def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int):
         super().__init__()
-        from towerrec.pipelines.index import scann_builder, scann_settings
+        from towerrec.export.index import scann_builder, scann_settings
 
         self.query = query
         self.k = min(k, len(embeddings))

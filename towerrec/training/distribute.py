@@ -10,7 +10,7 @@ import functools
 from typing import Optional, Union
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.config import STRATEGIES, ConfigError
+from towerrec.config import STRATEGIES, ConfigError
 
 import tensorflow as tf
 

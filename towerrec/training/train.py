@@ -10,28 +10,28 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.config import Config, ConfigError, from_dict, to_dict
-from towerrec.pipelines.data import Dataset, load_dataset
-from towerrec.pipelines.distribute import choose_strategy, describe, loss_scaled, use_xla
-from towerrec.pipelines.features import (
+from towerrec.config import Config, ConfigError, from_dict, to_dict
+from towerrec.data.dataset import Dataset, load_dataset
+from towerrec.data.features import (
     Indexed,
     TextInputs,
     catalogue_features,
     tf_dataset,
     training_examples,
 )
-from towerrec.pipelines.prior import (
+from towerrec.data.splits import get_splits
+from towerrec.stages import stage
+from towerrec.towers.optimizers import LazyAdam
+from towerrec.towers.retrieval import TwoTowerModel, Vocabularies, build_two_tower
+from towerrec.towers.text_encoder import export_text_encoder
+from towerrec.training.distribute import choose_strategy, describe, loss_scaled, use_xla
+from towerrec.training.prior import (
     NO_PRIOR,
     PriorSettings,
     configured_prior,
     load_prior,
     save_prior,
 )
-from towerrec.pipelines.splits import get_splits
-from towerrec.pipelines.stages import stage
-from towerrec.towers.optimizers import LazyAdam
-from towerrec.towers.retrieval import TwoTowerModel, Vocabularies, build_two_tower
-from towerrec.towers.text_encoder import export_text_encoder
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ import tensorflow as tf
 
 # The run folder's id vocabularies, one file per lookup (read by the lookups, and carried
 # by the exports as assets).
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 VOCABULARY_DIR = "vocabulary"
 
 
@@ -53,7 +53,7 @@ class Run:
     vocabularies: Vocabularies
     catalogue: Dict[str, np.ndarray]
     model: TwoTowerModel
-    # The item prior retrieval adds to the towers' scores (towerrec.pipelines.prior).
+    # The item prior retrieval adds to the towers' scores (towerrec.training.prior).
     prior: PriorSettings = NO_PRIOR
 
 
@@ -226,7 +226,7 @@ class _EpochEvaluation(tf.keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(log_dir / "evaluation"))
 
     def on_epoch_end(self, epoch, logs=None):
-        from towerrec.pipelines.evaluate import evaluate_split
+        from towerrec.evaluation.evaluate import evaluate_split
         if not np.isfinite((logs or {}).get("loss", 0.0)):
             return  # a diverged model: training stops (TerminateOnNaN), nothing to measure
         with stage(f"evaluate {self.split} after an epoch"):
@@ -248,7 +248,7 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     `warm_start(run)`, when given, sets the new model's weights before training (retrain);
     `vocabularies` then are the extended ones it was built with. `prior`: the item prior
     saved with the model (default: the config's, or none when the config asks for it to
-    be calibrated, which towerrec.pipelines.calibrate does after training)."""
+    be calibrated, which towerrec.training.calibrate does after training)."""
     t = config.training
     strategy = choose_strategy(t.strategy)
     xla = use_xla(t.jit_compile, strategy)
@@ -347,7 +347,7 @@ def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
     vocabularies = Vocabularies(**json.loads((directory / "vocabularies.json").read_text()))
     vocabularies.numeric = {k: tuple(v) for k, v in vocabularies.numeric.items()}
     run = prepare(config, encoder_dir, vocabularies=vocabularies)
-    from towerrec.pipelines.evaluate import candidate_embeddings
+    from towerrec.evaluation.evaluate import candidate_embeddings
     candidate_embeddings(run)  # builds the variables before they are restored
     status = tf.train.Checkpoint(model=run.model).read(str(directory / "weights"))
     status.expect_partial()

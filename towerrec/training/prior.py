@@ -12,7 +12,7 @@ half-life)) strictly before the request's time: in evaluation the time of the us
 held-out interaction, at serving the end of the training data. `weight` is one number for
 requests with a history and one for requests without (new users lean on it more). A new
 item (no interaction yet) gets the prior of the item at `new_item_quantile` of the known
-ones. The settings are chosen on validation data (towerrec.pipelines.calibrate).
+ones. The settings are chosen on validation data (towerrec.training.calibrate).
 
 In a served graph the prior is one more dimension of the vectors: queries [n, d + 1] end
 with their weight, candidates [m, d + 1] with their log prior, so that brute force and
@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Dict, Optional
 
-from towerrec.pipelines.features import catalogue_rows
+from towerrec.data.features import catalogue_rows
 
 import numpy as np
 import pandas as pd
@@ -154,7 +154,7 @@ def request_buckets(times: Optional[np.ndarray], n: int, num_items: int,
 
 
 class PriorScores:
-    """The score source (see towerrec.pipelines.topk) queries [n, d] @ candidates [m, d].T
+    """The score source (see towerrec.evaluation.topk) queries [n, d] @ candidates [m, d].T
     + weights [n, 1] * prior[prior_row], each query reading the prior row [m] of its time:
     `prior` [b, m], `prior_row` [n]."""
 

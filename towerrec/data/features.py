@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.pipelines.data import Dataset
+from towerrec.data.dataset import Dataset
 from towerrec.towers.features import NO_ROW, host_variable
 
 import numpy as np

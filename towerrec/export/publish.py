@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
-from towerrec.pipelines.data import DataError
+from towerrec.data.dataset import DataError
 
 # Every model export writes, in order (the last two need a trained ranker).
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 MODELS = ("query_tower", "candidate_tower", "retrieval_brute_force", "retrieval_scann",
           "ranker", "recommender", "recommender_scann")
 # Those that need a trained ranker (`towerrec train-ranker`).

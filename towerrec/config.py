@@ -37,7 +37,7 @@ def setting(default, *, at_least=None, above=None, below=None, at_most=None):
 FRACTION = {"at_least": 0.0, "below": 1.0}  # dropout rates, held-out shares
 
 
-# The synthetic catalogues (pipelines/synthetic.py), name: (items, interactions, users).
+# The synthetic catalogues (towerrec/data/synthetic.py), name: (items, interactions, users).
 # XS is for tests; "custom" takes the three counts of data.synthetic_*.
 SYNTHETIC_SIZES = {"XS": (1_000, 10_000, 500), "S": (10_000, 100_000, 5_000),
                    "M": (100_000, 1_000_000, 50_000), "L": (1_000_000, 10_000_000, 500_000)}
@@ -47,7 +47,7 @@ CUSTOM_SIZE = "custom"
 @dataclasses.dataclass
 class DataConfig:
     # "movielens-100k" (RecBole wheel or GroupLens folder), "csv", "parquet" or
-    # "synthetic" (pipelines/synthetic.py; it sets the column roles, the ones below are
+    # "synthetic" (towerrec/data/synthetic.py; it sets the column roles, the ones below are
     # ignored).
     source: str = "movielens-100k"
     # MovieLens: a folder with u.data/u.item/u.user (GroupLens) or ml-100k.* (RecBole),
@@ -90,7 +90,7 @@ SPLIT_PROTOCOLS = ("per_user", "future")
 class SplitConfig:
     # "per_user": warm (each user's last share in time), cold_item and cold_user splits.
     # "future": one global time cut; the test is what known users do with known items
-    # after it (towerrec.pipelines.splits).
+    # after it (towerrec.data.splits).
     protocol: str = "per_user"
     seed: int = 42
     cold_user_fraction: float = setting(0.1, **FRACTION)
@@ -213,7 +213,7 @@ class RankerConfig:
 @dataclasses.dataclass
 class PriorConfig:
     # Retrieval scores query . candidate + weight * log prior(item), the prior an item's
-    # share of recent interactions (towerrec.pipelines.prior). With `calibrate`, `train`
+    # share of recent interactions (towerrec.training.prior). With `calibrate`, `train`
     # chooses the half-life and both weights on a validation split carved from the
     # training data as the test was (it trains a second model on it); otherwise these:
     calibrate: bool = True

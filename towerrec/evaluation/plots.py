@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from towerrec.pipelines.config import ConfigError
+from towerrec.config import ConfigError
 
 
 def pyplot():

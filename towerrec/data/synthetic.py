@@ -35,15 +35,15 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
-from towerrec.pipelines.config import CUSTOM_SIZE, SYNTHETIC_SIZES, ConfigError, DataConfig
-from towerrec.pipelines.data import Dataset, interactions_frame, items_frame
+from towerrec.config import CUSTOM_SIZE, SYNTHETIC_SIZES, ConfigError, DataConfig
+from towerrec.data.dataset import Dataset, interactions_frame, items_frame
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 
 SIZES, CUSTOM = SYNTHETIC_SIZES, CUSTOM_SIZE
 COUNTS = ("items", "interactions", "users")

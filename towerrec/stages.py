@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Dict, Iterator, Optional
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 STAGES_FILE = "TOWERREC_STAGES"
 # Counts reported with a rate (per second of the stage).
 RATES = ("examples", "texts", "interactions", "items", "users", "rows")

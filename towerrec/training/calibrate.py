@@ -16,21 +16,21 @@ import logging
 import shutil
 from typing import Dict, List, Optional
 
-from towerrec.pipelines.evaluate import (
+from towerrec.data.splits import save_splits, validation_splits
+from towerrec.evaluation.evaluate import (
     candidate_embeddings,
     evaluate_scores,
     query_embeddings,
     retrieval_scores,
     split_queries,
 )
-from towerrec.pipelines.prior import NO_PRIOR, PriorSettings, save_prior
-from towerrec.pipelines.splits import save_splits, validation_splits
-from towerrec.pipelines.stages import stage
-from towerrec.pipelines.train import Run, train
+from towerrec.stages import stage
+from towerrec.training.prior import NO_PRIOR, PriorSettings, save_prior
+from towerrec.training.train import Run, train
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 CALIBRATION_DIR = "calibration"
 HALF_LIVES_DAYS = (None, 3.0, 7.0, 14.0, 30.0, 90.0)
 WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)

@@ -26,30 +26,30 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.memory import release_memory
-from towerrec.pipelines.config import Config
-from towerrec.pipelines.evaluate import (
+from towerrec.config import Config
+from towerrec.data.features import Queries, catalogue_rows, evaluation_queries, sample_users
+from towerrec.data.splits import future_split, hold_out_last, save_splits
+from towerrec.evaluation.evaluate import (
     ranking_metrics,
     retrieval_scores,
     split_queries,
     split_size,
     target_hits,
 )
-from towerrec.pipelines.features import Queries, catalogue_rows, evaluation_queries, sample_users
-from towerrec.pipelines.prior import load_prior
-from towerrec.pipelines.publish import MODEL_WEIGHTS
-from towerrec.pipelines.splits import future_split, hold_out_last, save_splits
-from towerrec.pipelines.topk import top_k_scores
-from towerrec.pipelines.train import Run, load_run, train
+from towerrec.evaluation.topk import top_k_scores
+from towerrec.export.publish import MODEL_WEIGHTS
+from towerrec.memory import release_memory
 from towerrec.towers.features import MULTI_VALUE_SEPARATOR
 from towerrec.towers.ranking import Ranker, rerank_order
 from towerrec.towers.ranking_features import NO_ROW, ItemTables, RankingFeatures
+from towerrec.training.prior import load_prior
+from towerrec.training.train import Run, load_run, train
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 RANKER_DIR = "ranker"
 # "Recent" popularity: interactions in the latest 10% of the data's time span.
 RECENT_FRACTION = 0.1

@@ -1,30 +1,30 @@
 """Full-catalogue ranking metrics: Recall@K and NDCG@K, per-user mean and its standard error.
 
 Every model (towerrec and the baselines) is judged by the same function: it hands over a
-score source [users, catalogue] (see towerrec.pipelines.topk), scored a chunk of users at
+score source [users, catalogue] (see towerrec.evaluation.topk), scored a chunk of users at
 a time; items each user saw in training are not ranked. towerrec's scores are retrieval's:
 the towers' dot product plus the run's item prior at each query's time
-(towerrec.pipelines.prior). `evaluation.max_users` evaluates a
+(towerrec.training.prior). `evaluation.max_users` evaluates a
 seeded uniform sample of each split's users instead of all of them.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
-from towerrec.pipelines.features import (
+from towerrec.data.features import (
     Queries,
     catalogue_rows,
     evaluation_queries,
     sample_users,
     tf_dataset,
 )
-from towerrec.pipelines.prior import (
+from towerrec.evaluation.topk import top_k_scores
+from towerrec.training.prior import (
     PriorScores,
     item_log_prior,
     request_buckets,
     serving_time,
 )
-from towerrec.pipelines.topk import top_k_scores
 
 import numpy as np
 import pandas as pd

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from towerrec.pipelines.topk import DotScores, top_k_scores
+from towerrec.evaluation.topk import DotScores, top_k_scores
 
 import numpy as np
 

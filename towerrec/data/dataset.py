@@ -22,7 +22,7 @@ import dataclasses
 import os
 from typing import List
 
-from towerrec.pipelines.config import Config, DataConfig
+from towerrec.config import Config, DataConfig
 
 import numpy as np
 import pandas as pd
@@ -57,12 +57,12 @@ def load_dataset(config: Config) -> Dataset:
     """Reads the configured source and validates it before anything trains."""
     data = config.data
     if data.source == "movielens-100k":
-        from towerrec.pipelines.movielens import load_movielens_100k
+        from towerrec.data.movielens import load_movielens_100k
         dataset = load_movielens_100k(data.path)
     elif data.source in ("csv", "parquet"):
         dataset = _load_tabular(data)
     elif data.source == "synthetic":
-        from towerrec.pipelines.synthetic import load_synthetic
+        from towerrec.data.synthetic import load_synthetic
         dataset = load_synthetic(data)
     else:
         raise DataError(f"data.source '{data.source}' is not one of: movielens-100k, csv, "

@@ -24,8 +24,8 @@ import json
 from pathlib import Path
 from typing import Dict
 
-from towerrec.pipelines.config import Config, SplitConfig
-from towerrec.pipelines.data import (
+from towerrec.config import Config, SplitConfig
+from towerrec.data.dataset import (
     DataError,
     Dataset,
     id_column,

@@ -1,0 +1,1 @@
+"""Data: sources (CSV, Parquet, MovieLens, synthetic), splits, and the features the towers read."""

@@ -1,0 +1,1 @@
+"""Evaluation: full-catalogue top-k, Recall/NDCG with standard errors, plots."""

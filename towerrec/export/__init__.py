@@ -1,0 +1,1 @@
+"""Export: the ScaNN index, SavedModels in the TF Serving layout, versioned publishing."""

@@ -1,0 +1,1 @@
+"""Training: the two towers, the item prior and its calibration, the ranker, accelerators."""
