@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.evaluation.evaluate import candidate_embeddings, query_embeddings, top_k
+from towerrec.evaluation.evaluate import (
+    candidate_embeddings,
+    query_embeddings,
+    retrieval_scores,
+    top_k,
+)
 from towerrec.export.export import MODELS, example_queries, example_requests, export_models
 from towerrec.training.prior import served_candidates, served_queries
 from towerrec.training.rank import (
@@ -50,7 +55,8 @@ def exported(tiny_encoder_dir, movielens_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_run")
     (run_dir / "encoder").symlink_to(tiny_encoder_dir)
     # A fixed item prior: the exports search with it (towerrec.training.prior). The
-    # order-aware history encoder: the mean is what the end-to-end test exports.
+    # default (attention) history encoder: test_a_mean_model_loads_as_trained covers the
+    # mean's.
     config = slice_config(movielens_slice, run_dir, **{
         "training.epochs": 2, "prior.calibrate": False, "prior.weight_with_history": 0.1,
         "prior.weight_without_history": 0.3, "towers.history_encoder": "attention"})
@@ -142,6 +148,9 @@ def test_fresh_process_returns_the_in_process_answers(exported, tmp_path):
     np.testing.assert_allclose(
         scores, expected_query @ candidates.T + np.array([[0.1], [0.3]]) * served_prior,
         atol=1e-5)
+    # ... which is what evaluation scores, for requests asked after all training data.
+    assert queries.time is None
+    np.testing.assert_allclose(scores, retrieval_scores(run, queries)[0:2], atol=1e-4)
     history = history_rows(run, queries.history[:2])
     exclude = [h[h >= 0] for h in history]  # a request's history is not returned
     expected_top = top_k(scores, exclude, K)
@@ -208,3 +217,30 @@ def test_signatures_are_documented(exported):
         assert "signature_def['serving_default']" in shown
         for tensor in names:
             assert f"['{tensor}'] tensor_info" in shown, (name, tensor)
+
+
+def test_a_mean_model_loads_as_trained(tiny_encoder_dir, movielens_slice, tmp_path):
+    """A model trained with the mean (as every model before `towers.history_encoder`
+    existed): loaded under today's default config, it is rebuilt with the mean and gives
+    the same query embeddings, instead of a half-restored attention tower."""
+    import json
+
+    from towerrec.training.train import load_run
+
+    (tmp_path / "encoder").symlink_to(tiny_encoder_dir)
+    config = slice_config(movielens_slice, tmp_path, **{
+        "training.epochs": 1, "prior.calibrate": False, "towers.history_encoder": "mean"})
+    run = train(config, verbose=0)
+    queries = example_queries(run)
+    expected = query_embeddings(run, queries)
+    saved = tmp_path / "model" / "config.json"
+    old = json.loads(saved.read_text())
+    del old["towers"]["history_encoder"]
+    saved.write_text(json.dumps(old))
+
+    default = slice_config(movielens_slice, tmp_path, **{"prior.calibrate": False})
+    assert default.towers.history_encoder == "attention"
+    loaded = load_run(default)
+    assert loaded.config.towers.history_encoder == "mean"
+    assert loaded.model.query_tower.history_encoder is None
+    np.testing.assert_allclose(query_embeddings(loaded, queries), expected, atol=1e-6)

@@ -76,7 +76,7 @@ def test_prior_scores_are_the_dot_product_plus_each_querys_prior_row():
     assert scores.shape == (5, 7)
 
 
-@pytest.mark.parametrize("budget", [10 ** 6, 30])
+@pytest.mark.parametrize("budget", [10 ** 6, 29])
 def test_request_buckets_start_at_or_before_their_requests(budget):
     times = np.array([0.5, 0.7, 3.2, 10.1, 10.9]) * DAY
     starts, bucket = request_buckets(times, 5, num_items=10, default=0.0, budget=budget)
@@ -84,6 +84,8 @@ def test_request_buckets_start_at_or_before_their_requests(budget):
     assert len(starts) * 10 <= budget or len(starts) == 1
     if budget > 100:
         np.testing.assert_array_equal(starts, np.array([0.0, 3.0, 10.0]) * DAY)
+    else:  # 3 days x 10 items is over the budget: coarser buckets than a day
+        assert len(starts) < 3
     none_starts, none_bucket = request_buckets(None, 3, 10, default=42.0)
     assert none_starts.tolist() == [42.0] and none_bucket.tolist() == [0, 0, 0]
 
@@ -91,3 +93,34 @@ def test_request_buckets_start_at_or_before_their_requests(budget):
 def test_query_weights_follow_the_history():
     settings = PriorSettings(7.0, 0.1, 0.4, 0.5)
     np.testing.assert_allclose(settings.query_weights(np.array([True, False])), [0.1, 0.4])
+
+
+def test_calibration_without_a_validation_split_says_so_and_keeps_the_config(pipeline_log):
+    from types import SimpleNamespace
+
+    from towerrec.config import load_config
+    from towerrec.training.calibrate import choose
+
+    prior_config = load_config(None).prior
+    validation = SimpleNamespace(splits={"train": None, "warm": [], "cold_item": [1]})
+    settings = choose(validation, prior_config)
+    assert settings == PriorSettings.from_config(prior_config)
+    assert not settings.chosen["calibrated"]
+    assert "no validation split to choose it on" in pipeline_log.text
+
+
+def test_a_subset_of_queries_keeps_every_field_in_step():
+    from towerrec.data.features import Queries
+    from towerrec.training.calibrate import _subset
+
+    queries = Queries(np.array(["a", "", "c"], dtype=object),
+                      np.array([["1"], [""], ["3"]], dtype=object),
+                      np.array(["x", "y", "z"], dtype=object),
+                      [np.array([1]), np.array([2]), np.array([3])],
+                      [np.array([], np.int64), np.array([5]), np.array([6])],
+                      np.array([10.0, 20.0, 30.0]))
+    part = _subset(queries, np.array([True, False, True]))
+    assert part.user_id.tolist() == ["a", "c"] and part.history.tolist() == [["1"], ["3"]]
+    assert [t.tolist() for t in part.targets] == [[1], [3]]
+    assert [e.tolist() for e in part.exclude] == [[], [6]]
+    assert part.time.tolist() == [10.0, 30.0] and part.context_text.tolist() == ["x", "z"]

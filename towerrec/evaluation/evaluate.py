@@ -9,6 +9,7 @@ seeded uniform sample of each split's users instead of all of them.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Sequence
 
 from towerrec.data.features import (
@@ -192,11 +193,13 @@ def split_queries(run, split: str) -> Queries:
 
 def training_queries(run, users: int) -> Queries:
     """Queries of the first `users` training users, their training items as history: a
-    sample every run has, whatever its held-out splits are called."""
+    sample every run has, whatever its held-out splits are called. Asked as a served
+    request is, after all training data (time None: the item prior at serving time)."""
     train = run.splits["train"]
     chosen = train[train["user_id"].isin(sorted(train["user_id"].unique())[:users])]
-    return evaluation_queries(chosen, train, run.catalogue["item_id"],
-                              run.config.towers.history_length, known_users=True)
+    queries = evaluation_queries(chosen, train, run.catalogue["item_id"],
+                                 run.config.towers.history_length, known_users=True)
+    return dataclasses.replace(queries, time=None)
 
 
 def evaluate_split(run, split: str, candidates: np.ndarray = None,

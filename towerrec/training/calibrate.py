@@ -16,6 +16,7 @@ import logging
 import shutil
 from typing import Dict, List, Optional
 
+from towerrec.data.features import Queries
 from towerrec.data.splits import save_splits, validation_splits
 from towerrec.evaluation.evaluate import (
     candidate_embeddings,
@@ -71,19 +72,45 @@ def calibrate_prior(run: Run) -> PriorSettings:
     return settings
 
 
-def choose(validation: Run, prior_config) -> PriorSettings:
-    """The best settings of the grid on `validation`'s held-out splits (those judged by
-    NDCG@10 whose queries all have a history, or all have none)."""
-    candidates = candidate_embeddings(validation)
+def _subset(queries: Queries, keep: np.ndarray) -> Queries:
+    """The queries where `keep` (bool [n]) holds."""
+    rows = np.flatnonzero(keep)
+    return Queries(queries.user_id[rows], queries.history[rows], queries.context_text[rows],
+                   [queries.targets[r] for r in rows], [queries.exclude[r] for r in rows],
+                   None if queries.time is None else queries.time[rows])
+
+
+def held_out(validation: Run) -> List[_Held]:
+    """The validation splits judged by NDCG@10 (all but cold_item), each split's queries
+    with a history apart from those without one (their weights are chosen apart)."""
     held = []
     for name in (s for s in validation.splits if s not in ("train", "cold_item")):
         if not len(validation.splits[name]):
             continue
         queries = split_queries(validation, name)
         has_history = (queries.history != "").any(axis=1)
-        if has_history.all() or not has_history.any():
-            held.append(_Held(name, queries, query_embeddings(validation, queries),
-                              bool(has_history.all())))
+        for with_history, keep in ((True, has_history), (False, ~has_history)):
+            if keep.any():
+                if keep.all():
+                    part, label = queries, name
+                else:
+                    part = _subset(queries, keep)
+                    label = f"{name} ({'with' if with_history else 'no'} history)"
+                held.append(_Held(label, part, query_embeddings(validation, part),
+                                  with_history))
+    return held
+
+
+def choose(validation: Run, prior_config) -> PriorSettings:
+    """The best settings of the grid on `validation`'s held-out splits (judged by NDCG@10;
+    the weight for queries with a history and the one for queries without one apart).
+    With no held-out query to judge by, the config's settings, said so."""
+    held = held_out(validation)
+    if not held:
+        log.warning("item prior: no validation split to choose it on; the config's settings "
+                    "are used")
+        return PriorSettings.from_config(prior_config)
+    candidates = candidate_embeddings(validation)
     # scores[half_life][split][weight]
     scores: Dict[Optional[float], Dict[str, List[float]]] = {}
     for half_life in HALF_LIVES_DAYS:
@@ -113,6 +140,10 @@ def choose(validation: Run, prior_config) -> PriorSettings:
         prior_config.new_item_quantile, chosen)
     if "cold_item" in validation.splits and len(validation.splits["cold_item"]):
         settings = _new_item_quantile(validation, candidates, settings)
+        # The figures of the settings as chosen: the quantile moves new items' scores.
+        for h in held:
+            settings.chosen["validation"][h.name]["with_prior"] = _metric(
+                validation, h, candidates, settings)
     return settings
 
 

@@ -43,7 +43,7 @@ from towerrec.towers.features import MULTI_VALUE_SEPARATOR
 from towerrec.towers.ranking import Ranker, rerank_order
 from towerrec.towers.ranking_features import NO_ROW, ItemTables, RankingFeatures
 from towerrec.training.prior import load_prior
-from towerrec.training.train import Run, load_run, train
+from towerrec.training.train import Run, load_run, train, trained_towers
 
 import numpy as np
 import pandas as pd
@@ -267,6 +267,9 @@ def train_ranker(config: Config, verbose: int = 2) -> Dict:
     if not (config.run_path / MODEL_WEIGHTS).exists():
         raise FileNotFoundError(f"no trained model in {config.run_path / 'model'}: run "
                                 "`towerrec train --config ...` first")
+    # The list-making model is built as the run's model was trained, whatever the config
+    # says of the towers now (see `trained_towers`).
+    config = trained_towers(config, config.run_path / "model")
     ranker = _fit_ranker(config, verbose)
     release_memory()
     return evaluate_two_stages(load_run(config), ranker)
