@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import towerrec.towers  # noqa: E402,F401
 from towerrec.config import load_config  # noqa: E402
-from towerrec.data.movielens import csv_config_values, load_movielens_100k, write_time_split  # noqa: E402
+from towerrec.data.movielens import load_movielens_100k  # noqa: E402
 from towerrec.evaluation.evaluate import evaluate_split, markdown_table  # noqa: E402
 from towerrec.export.export import discard, export_models  # noqa: E402
 from towerrec.pipelines.cli import log_pipeline_steps  # noqa: E402
 from towerrec.pipelines.retrain import RECENT, retrain  # noqa: E402
+from towerrec.testing import csv_config_values, write_time_split  # noqa: E402
 from towerrec.training.train import train  # noqa: E402
 
 import pandas as pd  # noqa: E402

@@ -1,7 +1,8 @@
 """The lint step's import checks over towerrec's own modules (`make test` runs it):
 
 * no cycle among module-level imports (a function-level import is a deliberate late one);
-* no production module imports the tests' helpers (`tests.*`);
+* no production module imports the tests' helpers (`tests.*`, `towerrec.testing`), not
+  even inside a function;
 * no folder of the package holds more than MAX_FOLDER_SHARE of its lines (a flat list of
   every step is what the package layout is there to avoid).
 
@@ -51,7 +52,6 @@ def graph() -> Dict[str, Set[str]]:
         tree = ast.parse(path.read_text(), str(path))
         targets = imported(tree, name, path.name == "__init__.py")
         edges[name] = {t for t in targets if t in modules and t != name}
-        edges[name] |= {t for t in targets if t.split(".")[0] == "tests"}
     return edges
 
 
@@ -93,11 +93,29 @@ def cycles(edges: Dict[str, Set[str]]) -> List[List[str]]:
     return found
 
 
+TEST_HELPERS = ("tests", "towerrec.testing")
+
+
+def test_helpers_imported(tree: ast.Module) -> Set[str]:
+    """The test helper modules a module imports anywhere (a late import too)."""
+    names: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return {n for n in names if any(n == h or n.startswith(h + ".") for h in TEST_HELPERS)}
+
+
 def main() -> int:
     edges = graph()
     problems = [f"import cycle: {' <-> '.join(c)}" for c in cycles(edges)]
-    problems += [f"{name} imports the tests' {t}" for name, targets in sorted(edges.items())
-                 for t in sorted(targets) if t.split(".")[0] == "tests"]
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        name = module_name(path)
+        if name in TEST_HELPERS:
+            continue
+        helpers = test_helpers_imported(ast.parse(path.read_text(), str(path)))
+        problems += [f"{name} imports the test helpers' {h}" for h in sorted(helpers)]
     lines = {p: len(p.read_text().splitlines()) for p in (ROOT / PACKAGE).rglob("*.py")}
     total = sum(lines.values())
     shares = {}

@@ -7,7 +7,8 @@ from pathlib import Path
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import load_config
 from towerrec.data.movielens import load_movielens_100k
-from towerrec.towers.text_encoder import export_text_encoder, resolve_preset, tiny_bert
+from towerrec.testing import tiny_bert
+from towerrec.towers.text_encoder import export_text_encoder, resolve_preset
 
 import pytest
 

@@ -37,3 +37,9 @@ def test_a_folder_over_its_share_is_a_problem(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(check_imports, "ROOT", tmp_path)
     assert check_imports.main() == 1
     assert "towerrec/big holds 90% of the code" in capsys.readouterr().err
+
+
+def test_a_late_import_of_a_test_helper_is_found():
+    tree = ast.parse("import os\ndef f():\n    from towerrec.testing import tiny_bert\n"
+                     "    import tests.conftest\n")
+    assert check_imports.test_helpers_imported(tree) == {"towerrec.testing", "tests.conftest"}

@@ -16,7 +16,6 @@ import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import load_config, to_dict
 from towerrec.data.dataset import Dataset
 from towerrec.data.features import Indexed
-from towerrec.data.movielens import csv_config_values, write_time_split
 from towerrec.export.export import export_models
 from towerrec.export.publish import (
     MODELS,
@@ -28,6 +27,7 @@ from towerrec.export.publish import (
 )
 from towerrec.pipelines.cli import main
 from towerrec.pipelines.retrain import GENERATIONS, gate, retrain
+from towerrec.testing import csv_config_values, write_time_split
 from towerrec.training.train import train
 
 import numpy as np

@@ -41,12 +41,12 @@ from towerrec.export.publish import (
     publish,
     staged_dir,
 )
+from towerrec.towers.text_encoder import SAVE_OPTIONS
 
 import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
-SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText"])
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
 def stage_version(module: tf.Module, function, signature: Dict[str, tf.TensorSpec],
                   output_name: Optional[str], model_dir: Path,

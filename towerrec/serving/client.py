@@ -13,7 +13,13 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Optional
 
 from towerrec.serving.errors import ServingError
-from towerrec.serving.tensors import dtype_name, from_ndarray, is_string, to_ndarray
+from towerrec.serving.tensors import (
+    DEFAULT_SIGNATURE,
+    dtype_name,
+    from_ndarray,
+    is_string,
+    to_ndarray,
+)
 
 import grpc
 import numpy as np
@@ -25,7 +31,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-DEFAULT_SIGNATURE = "serving_default"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 

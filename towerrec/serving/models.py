@@ -13,7 +13,7 @@ from typing import Dict, Iterator
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.serving.errors import ServingError, first_line, invalid
-from towerrec.serving.tensors import to_ndarray
+from towerrec.serving.tensors import DEFAULT_SIGNATURE, to_ndarray
 from towerrec.serving.validation import InputSpec, validate
 
 import grpc
@@ -26,7 +26,6 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 log = logging.getLogger("towerrec.serving")
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many
-DEFAULT_SIGNATURE = "serving_default"
 
 
 def register_custom_ops():

@@ -11,6 +11,8 @@ import math
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+DEFAULT_SIGNATURE = "serving_default"  # the signature a request without a name asks for
+
 # dtype enum -> (numpy dtype, the repeated field of TensorProto that carries the values)
 _DTYPES = {
     types_pb2.DT_FLOAT: (np.dtype(np.float32), "float_val"),

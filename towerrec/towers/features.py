@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.data.dataset import MULTI_VALUE_SEPARATOR
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
-MULTI_VALUE_SEPARATOR = "|"
 MASK_INDEX = 0  # "" (padding) looks up to 0
 OOV_INDEX = 1   # an id the vocabulary has not seen looks up to 1
 NO_ROW = -1     # a catalogue row for history padding, or an item the catalogue does not know

@@ -131,21 +131,6 @@ def encoder_info(directory: Path) -> dict:
     return json.loads((Path(directory) / "encoder.json").read_text())
 
 
-def tiny_bert(vocabulary: List[str], sequence_length: int = 32, seed: int = 0):
-    """A 2-layer random BERT and its preprocessor, for fast tests."""
-    import keras
-    import keras_hub
-
-    keras.utils.set_random_seed(seed)
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer, sequence_length=sequence_length)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=32,
-        intermediate_dim=64, max_sequence_length=sequence_length)
-    return backbone, preprocessor
-
-
 # Token lengths a batch is cut to (see trim_tokens).
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 

@@ -27,6 +27,7 @@ from typing import Dict, Optional, Sequence
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import Config
+from towerrec.data.dataset import MULTI_VALUE_SEPARATOR
 from towerrec.data.features import Queries, catalogue_rows, evaluation_queries, sample_users
 from towerrec.data.splits import future_split, hold_out_last, save_splits
 from towerrec.evaluation.evaluate import (
@@ -39,7 +40,6 @@ from towerrec.evaluation.evaluate import (
 from towerrec.evaluation.topk import top_k_scores
 from towerrec.export.publish import MODEL_WEIGHTS
 from towerrec.memory import release_memory
-from towerrec.towers.features import MULTI_VALUE_SEPARATOR
 from towerrec.towers.ranking import Ranker, rerank_order
 from towerrec.towers.ranking_features import NO_ROW, ItemTables, RankingFeatures
 from towerrec.training.prior import load_prior

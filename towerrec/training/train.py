@@ -58,7 +58,8 @@ class Run:
 
 
 def vocabularies_from(dataset: Dataset, train: pd.DataFrame) -> Vocabularies:
-    from towerrec.towers.features import MULTI_VALUE_SEPARATOR, numeric_stats
+    from towerrec.data.dataset import MULTI_VALUE_SEPARATOR
+    from towerrec.towers.features import numeric_stats
 
     items = dataset.items
     categorical = {}
