@@ -67,7 +67,8 @@ from towerrec.training.prior import (  # noqa: E402
     serving_time,
 )
 from towerrec.training.rank import train_ranker  # noqa: E402
-from towerrec.training.train import Run, train  # noqa: E402
+from towerrec.training.run import Run  # noqa: E402
+from towerrec.training.train import train  # noqa: E402
 
 import tensorflow as tf  # noqa: E402  (after pipelines: the Keras 2 switch)
 import tensorflow_recommenders as tfrs  # noqa: E402

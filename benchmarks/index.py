@@ -29,7 +29,7 @@ from towerrec.export.index import (  # noqa: E402
     scann_settings,
 )
 from towerrec.training.prior import served_candidates, served_queries  # noqa: E402
-from towerrec.training.train import load_run  # noqa: E402
+from towerrec.training.run import load_run  # noqa: E402
 
 K = 10
 

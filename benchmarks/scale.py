@@ -1048,7 +1048,7 @@ def scann_check(config_path: str, result_path: Path, num_queries: int) -> int:
     from towerrec.evaluation.evaluate import query_embeddings, split_queries
     from towerrec.export.index import INDEX_DIR, Index
     from towerrec.training.prior import served_queries
-    from towerrec.training.train import load_run
+    from towerrec.training.run import load_run
 
     import numpy as np
 

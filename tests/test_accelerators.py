@@ -12,7 +12,8 @@ from towerrec.config import ConfigError, to_dict
 from towerrec.data.features import tf_dataset
 from towerrec.pipelines.cli import main
 from towerrec.training.distribute import choose_strategy
-from towerrec.training.train import prepare, train, training_features
+from towerrec.training.run import prepare
+from towerrec.training.train import train, training_features
 
 import numpy as np
 import pytest

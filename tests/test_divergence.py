@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.export.export import export_models
-from towerrec.training.train import ModelError, check_finite, load_run, train
+from towerrec.training.run import load_run
+from towerrec.training.train import ModelError, check_finite, train
 
 import numpy as np
 import pytest

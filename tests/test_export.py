@@ -225,7 +225,7 @@ def test_a_mean_model_loads_as_trained(tiny_encoder_dir, movielens_slice, tmp_pa
     the same query embeddings, instead of a half-restored attention tower."""
     import json
 
-    from towerrec.training.train import load_run
+    from towerrec.training.run import load_run
 
     (tmp_path / "encoder").symlink_to(tiny_encoder_dir)
     config = slice_config(movielens_slice, tmp_path, **{

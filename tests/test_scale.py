@@ -12,7 +12,8 @@ from towerrec.config import load_config
 from towerrec.evaluation.evaluate import evaluate_run
 from towerrec.export.export import example_requests, export_models
 from towerrec.training.rank import train_ranker
-from towerrec.training.train import load_run, train
+from towerrec.training.run import load_run
+from towerrec.training.train import train
 
 import numpy as np
 import pytest

@@ -99,7 +99,7 @@ def test_a_saved_model_keeps_the_towers_it_was_trained_with(tmp_path, pipeline_l
     import json
 
     from towerrec.config import load_config, to_dict
-    from towerrec.training.train import trained_towers
+    from towerrec.training.run import trained_towers
     config = load_config(None)
     assert config.towers.history_encoder == "attention"
     saved = to_dict(config)

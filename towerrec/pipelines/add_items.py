@@ -109,7 +109,7 @@ def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Di
     from towerrec.export.export import export_models
     from towerrec.export.index import INDEX_DIR, build_index
     from towerrec.training.prior import served_candidates
-    from towerrec.training.train import load_run
+    from towerrec.training.run import load_run
 
     run_path = config.run_path
     added = run_path / ADDED_ITEMS

@@ -34,7 +34,7 @@ def _train(args) -> int:
 
 
 def _encode(args) -> int:
-    from towerrec.training.train import encode
+    from towerrec.training.run import encode
 
     config = load_config(args.config, _overrides(args))
     counts = encode(config)
@@ -45,7 +45,7 @@ def _encode(args) -> int:
 
 def _evaluate(args) -> int:
     from towerrec.evaluation.evaluate import METRIC_NOTE, evaluate_run, markdown_table
-    from towerrec.training.train import load_run
+    from towerrec.training.run import load_run
 
     config = _run_config(args)
     run = load_run(config)
@@ -73,7 +73,7 @@ def _index(args) -> int:
     )
     from towerrec.export.index import INDEX_DIR, Index, build_index, recall_against_exact
     from towerrec.training.prior import served_candidates, served_queries
-    from towerrec.training.train import load_run
+    from towerrec.training.run import load_run
 
     config = _run_config(args)
     run = load_run(config)
@@ -96,7 +96,7 @@ def _index(args) -> int:
 
 def _export(args) -> int:
     from towerrec.export.export import export_models
-    from towerrec.training.train import load_run
+    from towerrec.training.run import load_run
 
     run = load_run(_run_config(args))
     with stage("export", items=len(run.catalogue["item_id"])):

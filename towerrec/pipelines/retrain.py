@@ -49,7 +49,8 @@ from towerrec.export.publish import (
     versions,
 )
 from towerrec.towers.retrieval import Vocabularies
-from towerrec.training.train import Run, load_run, train
+from towerrec.training.run import Run, load_run
+from towerrec.training.train import train
 
 import numpy as np
 import pandas as pd

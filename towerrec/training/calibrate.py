@@ -27,7 +27,8 @@ from towerrec.evaluation.evaluate import (
 )
 from towerrec.stages import stage
 from towerrec.training.prior import NO_PRIOR, PriorSettings, save_prior
-from towerrec.training.train import Run, train
+from towerrec.training.run import Run
+from towerrec.training.train import train
 
 import numpy as np
 

@@ -43,7 +43,8 @@ from towerrec.memory import release_memory
 from towerrec.towers.ranking import Ranker, rerank_order
 from towerrec.towers.ranking_features import NO_ROW, ItemTables, RankingFeatures
 from towerrec.training.prior import load_prior
-from towerrec.training.train import Run, load_run, train, trained_towers
+from towerrec.training.run import Run, load_run, trained_towers
+from towerrec.training.train import train
 
 import numpy as np
 import pandas as pd
