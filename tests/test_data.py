@@ -4,8 +4,9 @@ from __future__ import annotations
 import re
 
 from towerrec.config import ConfigError, load_config
-from towerrec.data.dataset import DataError, id_column, load_dataset
+from towerrec.data.dataset import DataError, id_column
 from towerrec.data.movielens import load_movielens_100k
+from towerrec.data.sources import load_dataset
 from towerrec.pipelines.cli import main
 
 import pandas as pd

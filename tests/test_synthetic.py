@@ -5,7 +5,7 @@ import json
 
 from towerrec.config import ConfigError, load_config
 from towerrec.data import synthetic
-from towerrec.data.dataset import load_dataset
+from towerrec.data.sources import load_dataset
 from towerrec.data.synthetic import SIZES, generate
 from towerrec.pipelines.cli import main
 

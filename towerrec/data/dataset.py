@@ -1,4 +1,5 @@
-"""Data sources -> one validated `Dataset` (typed interaction and item frames).
+"""The `Dataset` every data source ends in (typed interaction and item frames), CSV and
+Parquet reading, and validation (sources by name: `towerrec.data.sources`).
 
 Every source ends in the same shape:
 
@@ -22,7 +23,7 @@ import dataclasses
 import os
 from typing import List
 
-from towerrec.config import Config, DataConfig
+from towerrec.config import DataConfig
 
 import numpy as np
 import pandas as pd
@@ -51,37 +52,6 @@ class Dataset:
     @property
     def item_ids(self) -> np.ndarray:
         return self.items["item_id"].to_numpy()
-
-
-def load_dataset(config: Config) -> Dataset:
-    """Reads the configured source and validates it before anything trains."""
-    data = config.data
-    if data.source == "movielens-100k":
-        from towerrec.data.movielens import load_movielens_100k
-        dataset = load_movielens_100k(data.path)
-    elif data.source in ("csv", "parquet"):
-        dataset = _load_tabular(data)
-    elif data.source == "synthetic":
-        from towerrec.data.synthetic import load_synthetic
-        dataset = load_synthetic(data)
-    else:
-        raise DataError(f"data.source '{data.source}' is not one of: movielens-100k, csv, "
-                        "parquet, synthetic")
-    added = config.run_path / ADDED_ITEMS
-    if added.exists():
-        added = pd.read_parquet(added)
-        if "title" not in added:  # written before items had a title
-            added.insert(1, "title", added["text"])
-        dataset.items = pd.concat([dataset.items, added], ignore_index=True)
-    added = config.run_path / ADDED_INTERACTIONS
-    if added.exists():
-        dataset.interactions = pd.concat([dataset.interactions, pd.read_parquet(added)],
-                                         ignore_index=True)
-    if data.min_rating is not None:
-        keep = dataset.interactions["rating"] >= float(data.min_rating)
-        dataset.interactions = dataset.interactions[keep].reset_index(drop=True)
-    validate(dataset)
-    return dataset
 
 
 def read_table(path: str, what: str) -> pd.DataFrame:
@@ -182,7 +152,7 @@ def timestamp_column(frame: pd.DataFrame, column: str, what: str,
     return parsed.astype("int64") // 10**9
 
 
-def _load_tabular(data: DataConfig) -> Dataset:
+def load_tabular(data: DataConfig) -> Dataset:
     inter = read_table(data.interactions, "interactions")
     items = read_table(data.items, "items")
     return Dataset(interactions_frame(inter, data), items_frame(items, data),

@@ -19,10 +19,10 @@ from towerrec.data.dataset import (
     DataError,
     item_columns,
     items_frame,
-    load_dataset,
     read_table,
     text_column,
 )
+from towerrec.data.sources import load_dataset
 
 import numpy as np
 import pandas as pd

@@ -10,8 +10,9 @@ from typing import Dict, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import Config, from_dict, to_dict
-from towerrec.data.dataset import MULTI_VALUE_SEPARATOR, Dataset, load_dataset
+from towerrec.data.dataset import MULTI_VALUE_SEPARATOR, Dataset
 from towerrec.data.features import TextInputs, catalogue_features
+from towerrec.data.sources import load_dataset
 from towerrec.data.splits import get_splits
 from towerrec.evaluation.evaluate import candidate_embeddings
 from towerrec.stages import stage
