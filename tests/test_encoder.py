@@ -103,7 +103,7 @@ def test_real_minilm_checkpoint(minilm_dir):
 
     path = resolve_preset("bundled-minilm")
     backbone = keras_hub.models.BertBackbone.from_preset(path)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+    preprocessor = keras_hub.models.BertTextEmbedderPreprocessor.from_preset(
         path, sequence_length=32)
     tokens = preprocessor(tf.constant(texts))
     sequence = backbone(tokens)["sequence_output"].numpy()

@@ -16,7 +16,7 @@ def tiny_bert(vocabulary: List[str], sequence_length: int = 32, seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+    preprocessor = keras_hub.models.BertTextEmbedderPreprocessor(
         tokenizer, sequence_length=sequence_length)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=32,

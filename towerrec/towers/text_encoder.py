@@ -64,14 +64,18 @@ class _Preprocessor(tf.Module):
 
 
 class _Encoder(tf.__internal__.tracking.AutoTrackable):
-    """A reusable SavedModel: `__call__(inputs, training)` plus the variable lists.
+    """A reusable SavedModel: `__call__(inputs, training)` plus the variable lists, around
+    keras-hub's `BertTextEmbedder` (the backbone, masked mean pooling, L2 normalization:
+    the all-MiniLM sentence-embedding recipe).
 
     (Not a tf.Module: its `variables` is a read-only property, and the reusable SavedModel
     API wants plain attributes.)
     """
 
     def __init__(self, backbone):
-        self.backbone = backbone
+        import keras_hub
+
+        self.embedder = keras_hub.models.BertTextEmbedder(backbone, preprocessor=None)
         # `variables` (not `weights`): it also holds the dropout seed states the
         # training=True trace captures.
         self.variables = [w.value for w in backbone.variables]
@@ -79,15 +83,11 @@ class _Encoder(tf.__internal__.tracking.AutoTrackable):
         self.regularization_losses = []
 
     def __call__(self, inputs, training=False):
-        outputs = self.backbone(
+        embeddings = self.embedder(
             {"token_ids": inputs["token_ids"],
              "padding_mask": tf.cast(inputs["padding_mask"], tf.bool),
              "segment_ids": inputs["segment_ids"]}, training=training)
-        sequence = tf.cast(outputs["sequence_output"], tf.float32)
-        mask = tf.cast(inputs["padding_mask"], tf.float32)[:, :, None]
-        pooled = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(
-            tf.reduce_sum(mask, axis=1), 1.0)
-        return tf.math.l2_normalize(pooled, axis=-1)
+        return tf.cast(embeddings, tf.float32)
 
 
 def export_text_encoder(directory: Path, preset: str = BUNDLED_MINILM,
@@ -106,7 +106,7 @@ def export_text_encoder(directory: Path, preset: str = BUNDLED_MINILM,
         path = resolve_preset(preset)
         try:
             backbone = keras_hub.models.BertBackbone.from_preset(path)
-            preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+            preprocessor = keras_hub.models.BertTextEmbedderPreprocessor.from_preset(
                 path, sequence_length=sequence_length)
         except Exception as e:  # keras-hub raises many kinds for a bad preset
             raise EncoderError(f"cannot load BERT preset '{preset}': {e}") from None
