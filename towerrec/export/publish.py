@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -117,8 +116,8 @@ def run_lock(run_path: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info(f"waiting for another towerrec writing to {run_path} "
-                     f"({run_path / LOCK_FILE})", file=sys.stderr)
+            log.warning(f"waiting for another towerrec writing to {run_path} "
+                        f"({run_path / LOCK_FILE})")
             fcntl.flock(lock, fcntl.LOCK_EX)
         _held().add(key)
         try:
