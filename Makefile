@@ -35,6 +35,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python scripts/check_imports.py
 
 # Everything (CI): lint, then every test, the large ones (trained models, served exports,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.data.dataset import Dataset
@@ -51,6 +51,10 @@ class Indexed:
         return len(self.index)
 
 
+# name -> an array [n, ...] or an `Indexed` column: examples as `tf_dataset` reads them.
+Features = Dict[str, Union[np.ndarray, Indexed]]
+
+
 def pad_history(sequences: List[List[str]], length: int) -> np.ndarray:
     out = np.full([len(sequences), length], "", dtype=object)
     for row, seq in enumerate(sequences):
@@ -84,7 +88,7 @@ def history_windows(rows: np.ndarray, user_start: np.ndarray, length: int,
 
 
 def training_examples(train: pd.DataFrame, catalogue_ids: np.ndarray,
-                      history_length: int) -> Dict[str, object]:
+                      history_length: int) -> Features:
     """One example per training interaction; the history is what the user did before.
 
     {"user_id": Indexed, "history_rows": int32 [n, history_length] (NO_ROW padded),
@@ -195,9 +199,11 @@ def utf8(values) -> np.ndarray:
                     dtype=object).reshape(values.shape)
 
 
-def tf_dataset(features: Dict[str, object], text_inputs: TextInputs, batch_size: int,
+def tf_dataset(features: Mapping[str, Union[np.ndarray, Indexed]], text_inputs: TextInputs,
+               batch_size: int,
                preprocess: Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]],
-               shuffle_seed: int = None, drop_remainder: bool = False) -> tf.data.Dataset:
+               shuffle_seed: Optional[int] = None,
+               drop_remainder: bool = False) -> tf.data.Dataset:
     """Examples -> batched tf.data of what a model reads.
 
     `features`: name -> an array [n, ...] or an `Indexed` column (string arrays become

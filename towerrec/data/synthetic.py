@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from towerrec.config import CUSTOM_SIZE, SYNTHETIC_SIZES, ConfigError, DataConfig
 from towerrec.data.dataset import Dataset, interactions_frame, items_frame
@@ -81,10 +81,10 @@ ONSETS = ("b bl br c ch cl cr d dr f fl fr g gl gr h j k l m n p pl pr r s sh sk
 VOWELS = "a e i o u ai au ea ee ie oa oo ou".split()
 CODAS = ["", "", "", "n", "r", "l", "s", "m", "nd", "st", "x", "k"]
 # The column roles of the synthetic tables (the config's own roles are ignored).
-ROLES = dict(item_id_column="item_id", text_columns=["title"],
-             categorical_columns=["categories"], numeric_columns=["price"],
-             context_column="context_text", timestamp_column="timestamp",
-             user_id_column="user_id", rating_column=None)
+ROLES: Dict[str, Any] = dict(item_id_column="item_id", text_columns=["title"],
+                             categorical_columns=["categories"], numeric_columns=["price"],
+                             context_column="context_text", timestamp_column="timestamp",
+                             user_id_column="user_id", rating_column=None)
 
 
 def generate(directory, size: str = "S", seed: int = 0, items: Optional[int] = None,
@@ -259,7 +259,8 @@ def _distinct(rng, n: int, choices: int, k: int) -> np.ndarray:
 def _pseudo_words(rng, n: int) -> list:
     """`n` distinct pronounceable words ("brantel", "shoaveex"), none of them a filler."""
     syllables = np.array([o + v for o in ONSETS for v in VOWELS])
-    fillers, words = set(FILLERS), {}
+    fillers = set(FILLERS)
+    words: Dict[str, None] = {}  # an insertion-ordered set
     while len(words) < n:
         k = 2 * n
         parts = syllables[rng.integers(len(syllables), size=(k, 3))]

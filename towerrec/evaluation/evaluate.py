@@ -10,7 +10,7 @@ seeded uniform sample of each split's users instead of all of them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from towerrec.data.features import (
     Queries,
@@ -84,12 +84,12 @@ def recall_curve(top: np.ndarray, targets: List[np.ndarray]) -> List[float]:
 
 
 def evaluate_scores(scores, queries: Queries, ks: Sequence[int] = (10, 100),
-                    chunk_rows: int = None, curve: bool = False) -> Dict[str, float]:
+                    chunk_rows: Optional[int] = None, curve: bool = False) -> Dict[str, Any]:
     """Metrics of a score source [users, catalogue] (a score matrix, or `DotScores`),
     scored `chunk_rows` users at a time (default: by memory budget, see topk). With
     `curve`, also "recall_curve": Recall@1 .. Recall@max(ks) (a list)."""
     rows, _ = top_k_scores(scores, max(ks), queries.exclude, chunk_rows)
-    metrics = ranking_metrics(rows, queries.targets, ks)
+    metrics: Dict[str, Any] = ranking_metrics(rows, queries.targets, ks)
     if curve:
         metrics["recall_curve"] = recall_curve(rows, queries.targets)
     return metrics
@@ -153,8 +153,8 @@ def query_embeddings(run, queries: Queries) -> np.ndarray:
     return _embed(run.model.query_tower, features, run.text_inputs)
 
 
-def retrieval_scores(run, queries: Queries, candidates: np.ndarray = None,
-                     embeddings: np.ndarray = None) -> PriorScores:
+def retrieval_scores(run, queries: Queries, candidates: Optional[np.ndarray] = None,
+                     embeddings: Optional[np.ndarray] = None) -> PriorScores:
     """The score source [queries, catalogue] of retrieval: query . candidate + the
     query's weight * each item's log prior at the query's time (from the training split,
     before that time). `embeddings`: the queries' embeddings, when already computed."""
@@ -202,8 +202,8 @@ def training_queries(run, users: int) -> Queries:
     return dataclasses.replace(queries, time=None)
 
 
-def evaluate_split(run, split: str, candidates: np.ndarray = None,
-                   curve: bool = False) -> Dict[str, float]:
+def evaluate_split(run, split: str, candidates: Optional[np.ndarray] = None,
+                   curve: bool = False) -> Dict[str, Any]:
     """Metrics of the split's (sampled) users; "users" evaluated of "users_total" (with
     `curve`, "recall_curve" too: see `evaluate_scores`). Peak memory: candidates
     [catalogue, d], query embeddings [users, d], one chunk's scores."""
@@ -215,7 +215,7 @@ def evaluate_split(run, split: str, candidates: np.ndarray = None,
     return metrics
 
 
-def evaluate_run(run, curve: bool = False) -> Dict[str, Dict[str, float]]:
+def evaluate_run(run, curve: bool = False) -> Dict[str, Dict[str, Any]]:
     """{split: metrics} for every held-out split of the run."""
     candidates = candidate_embeddings(run)
     return {split: evaluate_split(run, split, candidates, curve)

@@ -81,7 +81,7 @@ def block_top_k(block: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         ties &= np.cumsum(ties, axis=1, dtype=np.int32) <= places[crowded, None]
         tied[crowded] = ties
     take |= tied
-    columns = np.nonzero(take)[1]  # ascending within each row
+    columns: np.ndarray = np.nonzero(take)[1]  # ascending within each row
     if len(columns) != r * k:
         raise ValueError("top-k of scores with NaN")
     columns = columns.reshape(r, k)

@@ -166,7 +166,7 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
     q_spec = query_signature()
     c_spec = candidate_signature(run.dataset.categorical_columns, run.dataset.numeric_columns)
     brute = BruteForceRetrieval(query, embeddings, k)
-    searchers = []
+    searchers: List[ScannRetrieval] = []
 
     def scann():
         """One ScaNN searcher (built once: at a million items that takes minutes), shared

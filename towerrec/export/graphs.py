@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.data.features import utf8
@@ -63,7 +63,7 @@ def _row_table(path: Path) -> tf.lookup.StaticHashTable:
         str(path), tf.string, 0, tf.int64, 1, delimiter="\t"), NO_ROW)
 
 
-def _write_rows(keys: Sequence[str], rows: Sequence[int], path: Path) -> Path:
+def _write_rows(keys: Iterable[str], rows: Iterable[int], path: Path) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(f"{key}\t{row}\n" for key, row in zip(keys, rows))
     return path
@@ -104,7 +104,7 @@ class Catalogue(tf.Module):
         self.titles = host_variable(utf8(titles), tf.string)
         self.rows = _row_table(_write_rows(ids, range(len(ids)),
                                            Path(table_dir) / "catalogue_rows.tsv"))
-        by_title = {}
+        by_title: Dict[str, int] = {}
         for row, title in enumerate(titles):
             for key in title_keys(str(title)):
                 if key:  # "" is history padding, never an item

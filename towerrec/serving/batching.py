@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable, Deque, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Tuple
 
 import numpy as np
 
@@ -35,8 +35,9 @@ class _Task:
 
 class BatchScheduler:
     def __init__(self, max_batch_size: int, batch_timeout_s: float, num_threads: int = 2,
-                 on_batch: Optional[Callable[[Hashable, int, int], None]] = None):
-        """on_batch(key, requests, rows) is called for every merged run (for metrics)."""
+                 on_batch: Optional[Callable[[Any, int, int], None]] = None):
+        """on_batch(key, requests, rows) is called for every merged run (for metrics); key
+        is the one given to run()."""
         self.max_batch_size = max_batch_size
         self.timeout = batch_timeout_s
         self.on_batch = on_batch
@@ -64,6 +65,7 @@ class BatchScheduler:
         task.done.wait()
         if task.error is not None:
             raise task.error
+        assert task.outputs is not None  # set by _execute when there was no error
         return task.outputs
 
     def pending(self) -> int:
@@ -109,7 +111,8 @@ class BatchScheduler:
     def _take(self, key) -> Tuple[Function, List[_Task]]:
         """The oldest requests of a queue, up to max_batch_size rows (at least one)."""
         function, queue = self._queues[key]
-        taken, rows = [], 0
+        taken: List[_Task] = []
+        rows = 0
         while queue and (not taken or rows + queue[0].rows <= self.max_batch_size):
             taken.append(queue.popleft())
             rows += taken[-1].rows

@@ -52,7 +52,7 @@ class RecommenderClient:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self._dtypes: Dict[tuple, Dict[str, int]] = {}
+        self._dtypes: Dict[tuple, Dict[str, str]] = {}  # input name -> dtype_name
 
     def predict(self, model: str, inputs: Mapping[str, object], version: Optional[int] = None,
                 signature: str = DEFAULT_SIGNATURE,
@@ -107,7 +107,7 @@ class RecommenderClient:
     def __exit__(self, *exc):
         self.close()
 
-    def _input_dtypes(self, model, version, signature) -> Dict[str, int]:
+    def _input_dtypes(self, model, version, signature) -> Dict[str, str]:
         key = (model, version, signature)
         if key not in self._dtypes:
             meta = self.metadata(model, version)["signatures"].get(signature, {})

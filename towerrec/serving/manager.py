@@ -136,6 +136,7 @@ class ModelManager:
         if not failed:
             return ""
         latest = max(failed, key=lambda s: s.version)
+        assert latest.error is not None  # only failed versions were kept
         return f"; version {latest.version} failed to load: {latest.error.message}"
 
     # --- polling ------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class ModelManager:
         if model.listing_error is not None:
             log.info("versions of %s are readable again", source.name)
             model.listing_error = None
-        keep = []
+        keep: List[int] = []
         for version in source.candidates(list(on_disk)):
             if source.num_versions is not None and len(keep) >= source.num_versions:
                 break

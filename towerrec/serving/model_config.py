@@ -44,6 +44,8 @@ def model_sources(model_base_path: Optional[str] = None,
     """Read again at every poll, so that a model folder added later is served."""
     if model_config_file:
         return read_model_config(Path(model_config_file))
+    if not model_base_path:
+        raise ValueError("give model_base_path or model_config_file")
     base = Path(model_base_path)
     if not base.is_dir():
         raise ModelConfigError(f"model base path {base} is not a folder")
@@ -81,7 +83,8 @@ def read_model_config(path: Path) -> List[ModelSource]:
 def _source(model) -> ModelSource:
     policy = model.model_version_policy
     kind = policy.WhichOneof("policy_choice")
-    num_versions, versions = 1, None
+    num_versions: Optional[int] = 1
+    versions: Optional[FrozenSet[int]] = None
     if kind == "latest":
         num_versions = max(1, policy.latest.num_versions)
     elif kind == "all":

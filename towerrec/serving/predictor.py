@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from towerrec.memory import trim_heap
 from towerrec.serving.batching import BatchScheduler
@@ -58,7 +58,7 @@ class Predictor:
             seconds = min(seconds, client_seconds)
         deadline = time.monotonic() + seconds
         step = self.limits.chunk_rows if signature.batchable and rows else max(rows, 1)
-        parts = []
+        parts: List[Dict[str, np.ndarray]] = []
         for start in range(0, max(rows, 1), step):
             if parts and time.monotonic() > deadline:
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,

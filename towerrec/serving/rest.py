@@ -164,10 +164,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _predict(self, name, version, label) -> bytes:
         body = self._json_body()
         try:
-            signature = signature_name(body)
+            wanted = signature_name(body)
         except ValueError as e:
             raise invalid(str(e)) from None
-        servable, signature = self.server.predictor.resolve(name, version, label, signature)
+        servable, signature = self.server.predictor.resolve(name, version, label, wanted)
         try:
             form, arrays = parse_request(body, signature.inputs)
         except ValueError as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from towerrec.serving.validation import InputSpec
 
@@ -75,7 +75,7 @@ def _columns(inputs: Any, specs: Mapping[str, InputSpec]) -> Dict[str, np.ndarra
     return {spec.name: to_array(inputs, spec)}
 
 
-def to_array(value: Any, spec: InputSpec, name: str = "") -> np.ndarray:
+def to_array(value: Any, spec: Optional[InputSpec], name: str = "") -> np.ndarray:
     """A nested JSON list -> an array of the spec's dtype, nested exactly the spec's rank
     deep. No spec (an unknown input name): an empty placeholder, which validation names."""
     if spec is None:
@@ -167,6 +167,7 @@ def _jsonable(name: str, array: np.ndarray):
     array = np.asarray(array)
     if array.dtype != object and array.dtype.kind not in "SU":
         return array.tolist()
+    leaves: List[Union[str, Dict[str, str]]]
     if name.endswith("_bytes"):  # TF Serving's convention for binary outputs
         leaves = [{"b64": base64.b64encode(v).decode("ascii")} for v in array.reshape(-1)]
     else:

@@ -7,6 +7,7 @@ allocation (a proto that claims [2**40] elements with one value is refused, not 
 from __future__ import annotations
 
 import math
+from typing import Dict, Tuple
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -14,7 +15,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 DEFAULT_SIGNATURE = "serving_default"  # the signature a request without a name asks for
 
 # dtype enum -> (numpy dtype, the repeated field of TensorProto that carries the values)
-_DTYPES = {
+_DTYPES: Dict[int, Tuple[np.dtype, str]] = {
     types_pb2.DT_FLOAT: (np.dtype(np.float32), "float_val"),
     types_pb2.DT_DOUBLE: (np.dtype(np.float64), "double_val"),
     types_pb2.DT_INT8: (np.dtype(np.int8), "int_val"),

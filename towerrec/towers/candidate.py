@@ -1,13 +1,14 @@
 """The candidate tower: an item from its text and attributes, and its id when known."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.towers.features import (
     MultiHot,
     Standardize,
     TextVector,
+    Vocabulary,
     drop_to_oov,
     mlp,
     string_lookup,
@@ -35,8 +36,8 @@ class CandidateFeatures(tf.keras.layers.Layer):
         column standardized with its missing flag (columns by name within each kind).
     """
 
-    def __init__(self, item_vocabulary: Sequence[str],
-                 categorical_vocabularies: Dict[str, Sequence[str]],
+    def __init__(self, item_vocabulary: Vocabulary,
+                 categorical_vocabularies: Mapping[str, Sequence[str]],
                  numeric_stats: Dict[str, Tuple[float, float]], **kwargs):
         super().__init__(**kwargs)
         self.item_lookup = string_lookup(item_vocabulary)

@@ -24,7 +24,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class EmbeddingCache:
         self.dim = int(dim)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._chunks: List[str] = []     # chunk names; an index in `_chunk` points here
-        self._seen = set()                # chunk names loaded or skipped
+        self._seen: Set[str] = set()      # chunk names loaded or skipped
         self._next = 0                    # the next chunk number this process tries
         self._keys = np.zeros([0], KEY_DTYPE)   # sorted, unique
         self._chunk = np.zeros([0], np.int32)
@@ -86,7 +86,7 @@ class EmbeddingCache:
             self._merge(np.concatenate(new_keys), np.concatenate(new_chunk),
                         np.concatenate(new_row))
 
-    def locate(self, keys: np.ndarray):
+    def locate(self, keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """keys "S20" [n] -> (chunk [n] int32, row [n] int32); chunk is -1 where absent."""
         self.refresh()
         chunk = np.full(len(keys), -1, np.int32)

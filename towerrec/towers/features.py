@@ -21,9 +21,11 @@ NO_ROW = -1     # a catalogue row for history padding, or an item the catalogue 
 # per copy, and every served model that reads history holds one. Gathered rows are cast to
 # float32; the same rounded values are used in training, evaluation and serving.
 TEXT_TABLE_DTYPE = tf.float16
+# A lookup's vocabulary: its entries, or the path of a file with one entry per line.
+Vocabulary = Union[Sequence[str], str, Path]
 
 
-def string_lookup(vocabulary: Union[Sequence[str], str, Path]) -> tf.keras.layers.StringLookup:
+def string_lookup(vocabulary: Vocabulary) -> tf.keras.layers.StringLookup:
     """"" -> 0 (padding), unknown -> 1, vocabulary[i] -> i + 2.
 
     `vocabulary` is a list, or the path of a file with one entry per line: a file's table is

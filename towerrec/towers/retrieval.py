@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.towers.candidate import CandidateFeatures, CandidateTower
-from towerrec.towers.features import write_vocabulary
+from towerrec.towers.features import Vocabulary, write_vocabulary
 from towerrec.towers.query import QueryFeatures, QueryTower, item_index_of_row
 from towerrec.towers.sequence import CausalHistoryEncoder
 
@@ -116,10 +116,11 @@ def build_two_tower(vocabularies: Vocabularies, catalogue_text: np.ndarray,
     the encoder to fine-tune, shared by both towers) are created in it.
     """
     c, t = towers_config, training_config
-    users, items = vocabularies.user_ids, vocabularies.item_ids
+    users: Vocabulary = vocabularies.user_ids
+    items: Vocabulary = vocabularies.item_ids
     if vocabulary_dir is not None:
-        users = write_vocabulary(users, vocabulary_dir, "user_ids")
-        items = write_vocabulary(items, vocabulary_dir, "item_ids")
+        users = write_vocabulary(vocabularies.user_ids, vocabulary_dir, "user_ids")
+        items = write_vocabulary(vocabularies.item_ids, vocabulary_dir, "item_ids")
     query_features = QueryFeatures(
         users, item_index_of_row(vocabularies.item_ids, vocabularies.catalogue_ids),
         catalogue_text, name="query_features")

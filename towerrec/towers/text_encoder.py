@@ -113,9 +113,12 @@ def export_text_encoder(directory: Path, preset: str = BUNDLED_MINILM,
     # Any length up to sequence_length: `TextEncoder` trims each batch to its longest text.
     spec = {k: tf.TensorSpec([None, None], tf.int32) for k in TOKEN_KEYS}
     encoder = _Encoder(backbone)
-    encoder.__call__ = tf.function(encoder.__call__)
+    call = tf.function(encoder.__call__)
+    # The instance attribute is what tf.saved_model.save traces and saves; mypy refuses
+    # assigning over a method.
+    encoder.__call__ = call  # type: ignore[method-assign]
     for training in (False, True):  # hub.KerasLayer needs both traces
-        encoder.__call__.get_concrete_function(spec, training=training)
+        call.get_concrete_function(spec, training=training)
     tmp = directory.with_name(directory.name + ".tmp")
     tf.saved_model.save(_Preprocessor(preprocessor), str(tmp / "preprocessor"),
                         options=SAVE_OPTIONS)
@@ -183,9 +186,9 @@ class TextEncoder:
                                          return_inverse=True)
         # Unique texts are filled at their first position, then copied to the duplicates.
         found = self.cache.read(*self.cache.locate(keys), out, at=first)
-        missing = np.flatnonzero(~found)
         # Sorted by length, so that a batch holds texts of similar length.
-        missing = sorted(missing, key=lambda u: (len(texts[first[u]]), texts[first[u]]))
+        missing = sorted(np.flatnonzero(~found),
+                         key=lambda u: (len(texts[first[u]]), texts[first[u]]))
         self.encoded += len(missing)
         if missing:
             self._encode_missing([texts[first[u]] for u in missing], keys[missing],

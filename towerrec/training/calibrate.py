@@ -45,7 +45,7 @@ NEW_ITEM_METRIC = "recall_at_100"
 class _Held:
     """A validation split's queries, their embeddings, and whether they have a history."""
     name: str
-    queries: object
+    queries: Queries
     embeddings: np.ndarray
     with_history: bool
 

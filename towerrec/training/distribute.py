@@ -73,6 +73,7 @@ def use_xla(jit_compile: Union[bool, str], strategy: tf.distribute.Strategy) -> 
         return False
     if jit_compile == "auto":
         return bool(tf.config.list_logical_devices("GPU"))
+    assert isinstance(jit_compile, bool)  # TrainingConfig allows only "auto", true, false
     return jit_compile
 
 

@@ -183,7 +183,8 @@ def served_candidates(run, candidate_embeddings: np.ndarray) -> np.ndarray:
     if run.prior.off:
         return np.asarray(candidate_embeddings, np.float32)
     train = run.splits["train"]
-    prior = item_log_prior(train, run.catalogue["item_id"], [serving_time(train)], run.prior)
+    prior = item_log_prior(train, run.catalogue["item_id"], np.array([serving_time(train)]),
+                           run.prior)
     return with_prior(candidate_embeddings, prior[0])
 
 

@@ -186,7 +186,7 @@ def history_rows(run: Run, history: np.ndarray) -> np.ndarray:
     return catalogue_rows(run.catalogue["item_id"], history)
 
 
-def candidate_lists(run: Run, queries: Queries, k: int = None) -> CandidateLists:
+def candidate_lists(run: Run, queries: Queries, k: Optional[int] = None) -> CandidateLists:
     """Retrieval's top-k per query (training items excluded), labelled by the targets."""
     k = k or run.config.ranker.retrieved
     rows, scores = top_k_scores(retrieval_scores(run, queries), k, queries.exclude)
@@ -218,8 +218,8 @@ def rerank(ranker: Ranker, features: RankingFeatures, lists: CandidateLists,
 
 def held_out(values: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     """A seeded random `fraction` of the distinct `values`."""
-    values = np.array(sorted(set(values)), dtype=object)
-    return values[np.random.default_rng(seed).random(len(values)) < fraction]
+    distinct = np.array(sorted(set(values)), dtype=object)
+    return distinct[np.random.default_rng(seed).random(len(distinct)) < fraction]
 
 
 def _early_retrieval(config: Config):
@@ -343,7 +343,8 @@ def evaluate_two_stages(run: Run, ranker: Ranker) -> Dict[str, Dict[str, Dict[st
     """{"retrieval": {split: metrics}, "retrieval+rerank": {split: metrics}}: Recall@K for
     the config's ks (the reranked list is retrieval's top K in another order) and NDCG@10."""
     features = serving_features(run)
-    results = {"retrieval": {}, "retrieval+rerank": {}}
+    results: Dict[str, Dict[str, Dict[str, float]]] = {"retrieval": {},
+                                                        "retrieval+rerank": {}}
     for split in run.splits:
         if split == "train":
             continue

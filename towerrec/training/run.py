@@ -157,7 +157,8 @@ def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
             f"no trained model in {directory}: run `towerrec train --config ...` first")
     config = trained_towers(config, directory)
     vocabularies = Vocabularies(**json.loads((directory / "vocabularies.json").read_text()))
-    vocabularies.numeric = {k: tuple(v) for k, v in vocabularies.numeric.items()}
+    # JSON gives each (mean, std) as a list.
+    vocabularies.numeric = {k: (mean, std) for k, (mean, std) in vocabularies.numeric.items()}
     run = prepare(config, encoder_dir, vocabularies=vocabularies)
     candidate_embeddings(run)  # builds the variables before they are restored
     status = tf.train.Checkpoint(model=run.model).read(str(directory / "weights"))

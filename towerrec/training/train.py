@@ -5,11 +5,12 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import Config, ConfigError
 from towerrec.data.features import (
+    Features,
     Indexed,
     tf_dataset,
     training_examples,
@@ -30,12 +31,13 @@ import tensorflow as tf
 log = logging.getLogger("towerrec.steps")  # the step reports the CLI shows
 
 
-def training_features(run: Run) -> Dict[str, object]:
+def training_features(run: Run) -> Features:
     """Training examples joined with the candidate features of their items (each item's
     features held once, indexed by the examples' catalogue rows)."""
     examples = training_examples(run.splits["train"], run.catalogue["item_id"],
                                  run.config.towers.history_length)
     rows = examples.pop("item_row")
+    assert isinstance(rows, np.ndarray)  # catalogue rows [n] (see training_examples)
     for name, values in run.catalogue.items():
         examples[name] = Indexed(values, rows)
     return examples
