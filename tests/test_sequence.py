@@ -110,3 +110,17 @@ def test_a_saved_model_keeps_the_towers_it_was_trained_with(tmp_path, pipeline_l
     assert (towers.history_encoder, towers.history_length) == ("mean", 7)
     assert "history_encoder=mean" in pipeline_log.text
     assert trained_towers(config, tmp_path / "missing") is config
+
+
+def test_self_attention_by_matmuls_is_the_layers_own():
+    from towerrec.towers.sequence import self_attention
+
+    tf.keras.utils.set_random_seed(3)
+    layer = tf.keras.layers.MultiHeadAttention(2, 4, dropout=0.1)
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=[3, LENGTH, 8]), tf.float32)
+    present = np.ones([3, LENGTH], np.float32)
+    present[1, :2] = 0.0
+    mask = attention_mask(tf.constant(present))
+    ours = self_attention(layer, x, mask).numpy()  # builds the layer on first use
+    np.testing.assert_allclose(ours, layer(x, x, attention_mask=mask).numpy(), atol=1e-5)
