@@ -11,7 +11,7 @@ import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import ConfigError, to_dict
 from towerrec.data.features import tf_dataset
 from towerrec.pipelines.cli import main
-from towerrec.training.distribute import choose_strategy
+from towerrec.training.distribute import _tpu_resolver, choose_strategy, devices
 from towerrec.training.run import prepare
 from towerrec.training.train import train, training_features
 
@@ -31,11 +31,14 @@ import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.set_visible_devices([], "GPU")  # the two CPUs, on a GPU machine too
 
 from towerrec.config import load_config
+from towerrec.pipelines.cli import log_pipeline_steps
 from towerrec.training.distribute import choose_strategy
 from towerrec.training.train import train
 
+log_pipeline_steps()  # the step reports on stderr, as the CLI shows them
 run = train(load_config(sys.argv[1]), verbose=0)
 strategy = run.model.distribute_strategy
 print(json.dumps({
@@ -79,16 +82,29 @@ def test_mirrored_over_two_devices_with_xla_lowers_the_loss(
     assert len(loss) == 3 and all(np.isfinite(loss))
     assert loss[-1] < 0.97 * loss[0], loss
     assert ndcg[-1] > 1.1 * ndcg[0], ndcg
-    assert "MirroredStrategy, 2 replicas, XLA on, float32" in done.stdout
+    assert "MirroredStrategy, 2 replicas, XLA on, float32" in done.stderr
 
 
-def test_strategy_chooser_on_this_cpu_machine():
-    assert choose_strategy("auto") is tf.distribute.get_strategy()
+def test_strategy_chooser_picks_for_the_devices_present():
+    """What the chooser should pick on this machine, whatever it has: CPU only, GPUs or a
+    TPU."""
+    if _tpu_resolver() is not None:
+        assert isinstance(choose_strategy("auto"), tf.distribute.TPUStrategy)
+        return
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    auto = choose_strategy("auto")
+    if len(gpus) > 1:
+        assert isinstance(auto, tf.distribute.MirroredStrategy)
+        assert auto.num_replicas_in_sync == len(gpus)
+    else:
+        assert auto is tf.distribute.get_strategy()
     assert choose_strategy("default") is tf.distribute.get_strategy()
-    assert choose_strategy("mirrored").num_replicas_in_sync == 1  # one CPU device here
-    with pytest.raises(ConfigError, match=r"^training.strategy is 'tpu' but no TPU was "
-                                          r"found \(devices: 1 CPU\)$"):
+    assert choose_strategy("mirrored").num_replicas_in_sync == len(gpus or cpus)
+    with pytest.raises(ConfigError) as error:
         choose_strategy("tpu")
+    assert str(error.value) == (f"training.strategy is 'tpu' but no TPU was found "
+                                f"(devices: {devices()})")
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -107,13 +123,15 @@ def test_bad_accelerator_settings_are_config_errors(movielens_slice, tmp_path, k
 
 def test_asking_for_a_tpu_without_one_is_a_one_line_cli_error(movielens_slice, tmp_path,
                                                               capsys):
+    if _tpu_resolver() is not None:
+        pytest.skip("this machine has a TPU")
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(to_dict(slice_config(movielens_slice, tmp_path))))
     assert main(["train", "--config", str(config_path), "--set",
                  "training.strategy=tpu"]) == 2
     err = capsys.readouterr().err
     assert err == ("towerrec train: error: training.strategy is 'tpu' but no TPU was found "
-                   "(devices: 1 CPU)\n")
+                   f"(devices: {devices()})\n")
 
 
 def _string_ops(function) -> list:
