@@ -124,3 +124,24 @@ def test_self_attention_by_matmuls_is_the_layers_own():
     mask = attention_mask(tf.constant(present))
     ours = self_attention(layer, x, mask).numpy()  # builds the layer on first use
     np.testing.assert_allclose(ours, layer(x, x, attention_mask=mask).numpy(), atol=1e-5)
+
+
+def test_a_history_with_gaps_reads_as_the_packed_one():
+    from towerrec.towers.sequence import pack_right
+
+    encoder = _encoder()
+    items, present = _inputs(filled=3)  # row: 3 padding, then items a, b, c
+    gapped_items, gapped_present = items.copy(), present.copy()
+    # Row 0 as [a, pad, b, pad, c, pad]: an unknown item after c, another between.
+    gapped_items[0] = items[0][[3, 0, 4, 1, 5, 2]]
+    gapped_present[0] = [1, 0, 1, 0, 1, 0]
+    packed_items, packed_present = pack_right(tf.constant(gapped_items),
+                                              tf.constant(gapped_present))
+    np.testing.assert_array_equal(packed_present.numpy()[0], present[0])
+    np.testing.assert_array_equal(packed_items.numpy()[0, 3:], items[0, 3:])
+    unchanged_items, unchanged_present = pack_right(tf.constant(items), tf.constant(present))
+    np.testing.assert_array_equal(unchanged_items.numpy(), items)
+    np.testing.assert_array_equal(unchanged_present.numpy(), present)
+    expected = last_position(encoder(items, present), tf.constant(present)).numpy()
+    got = last_position(encoder(packed_items, packed_present), packed_present).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -196,8 +196,8 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
     else:
         skipped = [m for m in RANKED_MODELS if m in wanted]
         if skipped:
-            log.info(f"not exported: {', '.join(skipped)} (no trained ranker: run "
-                     f"`towerrec train-ranker --config ...` first)")
+            log.warning(f"not exported: {', '.join(skipped)} (no trained ranker: run "
+                        f"`towerrec train-ranker --config ...` first)")
     requests = example_requests(run)
     provenance = {"run_dir": str(Path(run.config.run_dir).resolve())}
     staged = {}

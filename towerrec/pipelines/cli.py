@@ -48,6 +48,9 @@ def _evaluate(args) -> int:
     from towerrec.training.run import load_run
 
     config = _run_config(args)
+    if args.plot:
+        from towerrec.evaluation.plots import plot_recall_curves, pyplot
+        pyplot()  # no matplotlib: a one-line error now, not after the evaluation
     run = load_run(config)
     with stage("evaluate", items=len(run.catalogue["item_id"])) as record:
         metrics = evaluate_run(run, curve=args.plot)
@@ -55,13 +58,12 @@ def _evaluate(args) -> int:
     table = markdown_table({config.name: metrics})
     print(table)
     print(f"\n{METRIC_NOTE}")
+    (config.run_path / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    (config.run_path / "evaluation.md").write_text(table + f"\n\n{METRIC_NOTE}\n")
     if args.plot:
-        from towerrec.evaluation.plots import plot_recall_curves
         curves = {split: {config.name: m["recall_curve"]} for split, m in metrics.items()}
         for path in plot_recall_curves(curves, config.run_path / "plots", config.name):
             print(f"wrote {path}")
-    (config.run_path / "evaluation.json").write_text(json.dumps(metrics, indent=2))
-    (config.run_path / "evaluation.md").write_text(table + f"\n\n{METRIC_NOTE}\n")
     return 0
 
 

@@ -16,7 +16,7 @@ from towerrec.towers.features import (
     unit_rows,
     weighted_mean,
 )
-from towerrec.towers.sequence import CausalHistoryEncoder, last_position
+from towerrec.towers.sequence import CausalHistoryEncoder, last_position, pack_right
 
 import numpy as np
 import pandas as pd
@@ -124,7 +124,8 @@ class QueryTower(tf.keras.Model):
             history = [weighted_mean(weights, history_ids),
                        weighted_mean(weights, inputs["history_text"])]
         else:
-            items = tf.concat([history_ids, inputs["history_text"]], axis=2)
+            items, present = pack_right(
+                tf.concat([history_ids, inputs["history_text"]], axis=2), present)
             history = [last_position(
                 self.history_encoder(items, present, training=training), present)]
 

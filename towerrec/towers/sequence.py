@@ -77,6 +77,17 @@ def attention_mask(present: tf.Tensor) -> tf.Tensor:
     return (causal[None] & keys) | itself[None]
 
 
+def pack_right(items: tf.Tensor, present: tf.Tensor):
+    """(items [batch, length, d], present float32 [batch, length]) -> the same with each
+    row's items moved to the end, in their order, and padding before them: a history with
+    gaps (an item a model does not know, e.g. one newer than its catalogue) reads as the
+    packed history the encoder's positions assume, as served histories are packed. A
+    history already packed is unchanged."""
+    order = tf.argsort(present, axis=1, stable=True)  # padding (0) first, items in order
+    return (tf.gather(items, order, axis=1, batch_dims=1),
+            tf.gather(present, order, axis=1, batch_dims=1))
+
+
 def last_position(sequence: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
     """[batch, length, width] -> [batch, width]: the most recent position's vector, zeros
     for an empty history."""

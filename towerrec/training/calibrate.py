@@ -39,6 +39,7 @@ WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 METRIC = "ndcg_at_10"
 NEW_ITEM_QUANTILES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 NEW_ITEM_METRIC = "recall_at_100"
+MIN_PART_USERS = 20
 
 
 @dataclasses.dataclass
@@ -91,7 +92,9 @@ def held_out(validation: Run) -> List[_Held]:
         queries = split_queries(validation, name)
         has_history = (queries.history != "").any(axis=1)
         for with_history, keep in ((True, has_history), (False, ~has_history)):
-            if keep.any():
+            # A split all of one kind is judged whole; of a mixed one, the parts with
+            # enough users to vote (a handful of users would weigh as much as a split).
+            if keep.all() or keep.sum() >= MIN_PART_USERS:
                 if keep.all():
                     part, label = queries, name
                 else:

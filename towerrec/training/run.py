@@ -142,8 +142,8 @@ def trained_towers(config: Config, directory: Path) -> Config:
     if towers != config.towers:
         changed = [f"{f.name}={getattr(towers, f.name)}" for f in dataclasses.fields(towers)
                    if getattr(towers, f.name) != getattr(config.towers, f.name)]
-        log.info(f"the model in {directory} was trained with towers: {', '.join(changed)}; "
-                 "using those settings")
+        log.warning(f"the model in {directory} was trained with towers: {', '.join(changed)}; "
+                    "using those settings")
     return dataclasses.replace(config, towers=towers)
 
 
