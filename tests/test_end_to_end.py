@@ -29,7 +29,8 @@ pytestmark = pytest.mark.large
 
 def test_train_and_evaluate_beats_popularity_on_warm(tiny_encoder_dir, movielens_slice,
                                                      tmp_path):
-    config = slice_config(movielens_slice, tmp_path, **{"training.epochs": 8})
+    config = slice_config(movielens_slice, tmp_path, **{
+        "training.epochs": 8, "towers.history_encoder": "attention"})  # the default
     run = train(config, encoder_dir=tiny_encoder_dir, verbose=0)
     assert run.prior.off  # `prior.calibrate` (the default): none until calibrated
     (tmp_path / "encoder").symlink_to(tiny_encoder_dir)

@@ -238,7 +238,8 @@ def test_a_mean_model_loads_as_trained(tiny_encoder_dir, movielens_slice, tmp_pa
     del old["towers"]["history_encoder"]
     saved.write_text(json.dumps(old))
 
-    default = slice_config(movielens_slice, tmp_path, **{"prior.calibrate": False})
+    default = slice_config(movielens_slice, tmp_path, **{
+        "prior.calibrate": False, "towers.history_encoder": "attention"})  # the default
     assert default.towers.history_encoder == "attention"
     loaded = load_run(default)
     assert loaded.config.towers.history_encoder == "mean"

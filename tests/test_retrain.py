@@ -66,9 +66,13 @@ def data(movielens, tmp_path_factory):
 
 
 def _config(paths, run_dir: Path, **overrides):
+    # The mean history (as slice_config): in 2 epochs on this data the attention towers
+    # learn too little for the gate to tell a shuffled-label retrain from the published
+    # model (both ride the item prior: warm Recall@10 0.068 against 0.065).
     return load_config(None, {**csv_config_values(paths), "run_dir": str(run_dir),
                               "encoder.sequence_length": 32, "training.epochs": 2,
-                              "retrain.epochs": 2, "retrain.tolerance": 0.3, **overrides})
+                              "retrain.epochs": 2, "retrain.tolerance": 0.3,
+                              "towers.history_encoder": "mean", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,7 @@ def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monke
         config.retrain, epochs=4, tolerance=0.1))
     result = retrain(config, str(data["new_interactions"]), str(data["new_items"]), base,
                      verbose=0)
-    assert result["published"] == {}
+    assert result["published"] == {}, result["metrics"]
     # warm (~250 users) is a steady judge; recent (~45 users here) is noisy.
     published = result["metrics"]["published"]["warm"]["ndcg_at_10"]
     assert result["metrics"]["retrained"]["warm"]["ndcg_at_10"] < 0.9 * published
