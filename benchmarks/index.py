@@ -37,7 +37,7 @@ K = 10
 def gaussian_like(samples: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     drawn = rng.multivariate_normal(samples.mean(0), np.cov(samples, rowvar=False), size=n,
-                                    method="cholesky").astype(np.float32)
+                                    method="eigh").astype(np.float32)
     return drawn / np.linalg.norm(drawn, axis=1, keepdims=True)
 
 
