@@ -37,6 +37,15 @@ def setting(default, *, at_least=None, above=None, below=None, at_most=None):
 FRACTION = {"at_least": 0.0, "below": 1.0}  # dropout rates, held-out shares
 
 
+def check_choice(where: str, value, allowed) -> None:
+    """A ConfigError unless `value` is one of `allowed` (strings by value; true, false and
+    null by identity: `in` would take 1 and 0 for true and false)."""
+    if not any(value == a if isinstance(a, str) else value is a for a in allowed):
+        names = (a if isinstance(a, str) else "null" if a is None else str(a).lower()
+                 for a in allowed)
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(names)}")
+
+
 # The synthetic catalogues (towerrec/data/synthetic.py), name: (items, interactions, users).
 # XS is for tests; "custom" takes the three counts of data.synthetic_*.
 SYNTHETIC_SIZES = {"XS": (1_000, 10_000, 500), "S": (10_000, 100_000, 5_000),
@@ -78,9 +87,7 @@ class DataConfig:
     min_rating: Optional[float] = None
 
     def __post_init__(self):
-        if self.size not in (*SYNTHETIC_SIZES, CUSTOM_SIZE):
-            raise ConfigError(f"data.size: {self.size!r} is not one of "
-                              f"{', '.join([*SYNTHETIC_SIZES, CUSTOM_SIZE])}")
+        check_choice("data.size", self.size, (*SYNTHETIC_SIZES, CUSTOM_SIZE))
 
 
 SPLIT_PROTOCOLS = ("per_user", "future")
@@ -104,9 +111,7 @@ class SplitConfig:
     test_files: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if self.protocol not in SPLIT_PROTOCOLS:
-            raise ConfigError(f"split.protocol: {self.protocol!r} is not one of "
-                              f"{', '.join(SPLIT_PROTOCOLS)}")
+        check_choice("split.protocol", self.protocol, SPLIT_PROTOCOLS)
 
 
 @dataclasses.dataclass
@@ -145,9 +150,7 @@ class TowerConfig:
     history_blocks: int = setting(2, at_least=1)
 
     def __post_init__(self):
-        if self.history_encoder not in HISTORY_ENCODERS:
-            raise ConfigError(f"towers.history_encoder: {self.history_encoder!r} is not one "
-                              f"of {', '.join(HISTORY_ENCODERS)}")
+        check_choice("towers.history_encoder", self.history_encoder, HISTORY_ENCODERS)
         if self.history_width % self.history_heads:
             raise ConfigError(f"towers.history_width: {self.history_width} is not a multiple "
                               f"of towers.history_heads ({self.history_heads})")
@@ -182,12 +185,7 @@ class TrainingConfig:
     def __post_init__(self):
         for key, allowed in (("strategy", STRATEGIES), ("jit_compile", JIT_COMPILE),
                              ("mixed_precision", MIXED_PRECISION)):
-            value = getattr(self, key)
-            # true, false and null by identity: `in` would take 1 and 0 for true and false.
-            if not any(value == a if isinstance(a, str) else value is a for a in allowed):
-                raise ConfigError(
-                    f"training.{key}: {value!r} is not one of "
-                    f"{', '.join('null' if a is None else str(a).lower() for a in allowed)}")
+            check_choice(f"training.{key}", getattr(self, key), allowed)
 
 
 @dataclasses.dataclass
