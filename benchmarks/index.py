@@ -2,11 +2,15 @@
 
     python benchmarks/index.py [--config configs/movielens.yaml] [--items 1000000]
 
-On the trained model's real catalogue, and on a synthetic catalogue of `--items` embeddings
-drawn from a Gaussian fitted to the trained candidate embeddings (queries likewise from the
-trained query embeddings), L2-normalized like the towers' outputs. Everything searches on
-one thread; QPS is reported as a ratio to exact brute force (NumPy matmul + partial sort)
-measured in the same run.
+On the trained model's real catalogue, and on a synthetic catalogue of `--items` items:
+embeddings drawn from a Gaussian fitted to the trained candidate embeddings (queries likewise
+from the trained query embeddings), L2-normalized like the towers' outputs; with an item
+prior, each item's log prior drawn from the real items' shares, renormalized over the
+synthetic catalogue, and the served vectors built from both as towerrec builds them
+(towerrec.training.prior). The synthetic catalogue is searched once more with the prior's
+column unscaled, the layout before `column_scale`. Everything searches on one thread; QPS is
+reported as a ratio to exact brute force (NumPy matmul + partial sort) measured in the same
+run.
 """
 from __future__ import annotations
 
@@ -28,7 +32,13 @@ from towerrec.export.index import (  # noqa: E402
     scann_builder,
     scann_settings,
 )
-from towerrec.training.prior import served_candidates, served_queries  # noqa: E402
+from towerrec.training.prior import (  # noqa: E402
+    item_log_prior,
+    served_candidates,
+    served_queries,
+    serving_time,
+    with_prior,
+)
 from towerrec.training.run import load_run  # noqa: E402
 
 K = 10
@@ -39,6 +49,24 @@ def gaussian_like(samples: np.ndarray, n: int, seed: int) -> np.ndarray:
     drawn = rng.multivariate_normal(samples.mean(0), np.cov(samples, rowvar=False), size=n,
                                     method="eigh").astype(np.float32)
     return drawn / np.linalg.norm(drawn, axis=1, keepdims=True)
+
+
+def synthetic_catalogue(run, candidates: np.ndarray, queries: np.ndarray, items: int,
+                        num_queries: int, scale: float):
+    """Served vectors (candidates [items, d (+ 1)], queries [num_queries, d (+ 1)]) of a
+    synthetic catalogue fitted to the run's embeddings and, with a prior, its log prior
+    (the column times `scale`, the queries' weight over it, as served vectors hold them)."""
+    embeddings = gaussian_like(candidates, items, seed=0)
+    asked = gaussian_like(queries, num_queries, seed=1)
+    if run.prior.off:
+        return embeddings, asked
+    train = run.splits["train"]
+    real = item_log_prior(train, run.catalogue["item_id"], np.array([serving_time(train)]),
+                          run.prior)[0].astype(np.float64)
+    share = np.exp(real[np.random.default_rng(2).integers(0, len(real), items)])
+    log_prior = np.log(share / share.sum())
+    return (with_prior(embeddings, scale * log_prior),
+            with_prior(asked, np.full(num_queries, run.prior.weight_with_history / scale)))
 
 
 def timed(fn, repeats: int = 1):
@@ -88,19 +116,26 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     run = load_run(load_config(args.config))
-    # The vectors a served index holds and is searched with (the item prior's column too).
-    candidates = served_candidates(run, candidate_embeddings(run))
+    embeddings = candidate_embeddings(run)
     asked = split_queries(run, "warm")
-    queries = served_queries(run, query_embeddings(run, asked),
-                             (asked.history != "").any(axis=1))
+    asked_embeddings = query_embeddings(run, asked)
+    asked_with_history = (asked.history != "").any(axis=1)
+    # The vectors a served index holds and is searched with (the item prior's column too).
+    candidates = served_candidates(run, embeddings)
+    queries = served_queries(run, asked_embeddings, asked_with_history)
     with threadpool_limits(1):
         compare("real catalogue", candidates, queries)
-        synthetic = gaussian_like(candidates, args.items, seed=0)
-        synthetic_queries = gaussian_like(queries, args.queries, seed=1)
+        synthetic, synthetic_queries = synthetic_catalogue(
+            run, embeddings, asked_embeddings[asked_with_history], args.items, args.queries,
+            run.prior.column_scale)
         leaves = scann_settings(args.items)["num_leaves"]
         sweep = sorted({max(1, leaves // d) for d in (100, 50, 33, 20, 10)})
         rows, exact_qps, build = compare("synthetic catalogue", synthetic, synthetic_queries,
                                          sweep)
+        if not run.prior.off:
+            compare("synthetic catalogue, the prior's column unscaled",
+                    *synthetic_catalogue(run, embeddings, asked_embeddings[asked_with_history],
+                                         args.items, args.queries, scale=1.0))
     good = [r for r in rows if r[1] >= 0.95]
     if good:
         leaves, recall, qps = max(good, key=lambda r: r[2])

@@ -141,12 +141,14 @@ def test_fresh_process_returns_the_in_process_answers(exported, tmp_path):
     # Retrieval: the towers' dot product + each request's weight * the items' log prior.
     has_history = (queries.history[:2] != "").any(axis=1)
     assert has_history.tolist() == [True, False]
-    served_prior = served_candidates(run, candidates)[:, -1]
-    assert np.ptp(served_prior) > 1.0  # popular and unpopular items differ
+    scale = run.prior.column_scale
+    assert scale == pytest.approx(np.sqrt(0.1))  # the fixture's weight with a history
+    log_prior = served_candidates(run, candidates)[:, -1] / scale
+    assert np.ptp(log_prior) > 1.0  # popular and unpopular items differ
     scores = (served_queries(run, expected_query, has_history)
               @ served_candidates(run, candidates).T)
     np.testing.assert_allclose(
-        scores, expected_query @ candidates.T + np.array([[0.1], [0.3]]) * served_prior,
+        scores, expected_query @ candidates.T + np.array([[0.1], [0.3]]) * log_prior,
         atol=1e-5)
     # ... which is what evaluation scores, for requests asked after all training data.
     assert queries.time is None

@@ -95,6 +95,17 @@ def test_query_weights_follow_the_history():
     np.testing.assert_allclose(settings.query_weights(np.array([True, False])), [0.1, 0.4])
 
 
+@pytest.mark.parametrize("weights, scale", [((0.09, 0.4), 0.3), ((0.0, 0.25), 0.5)])
+def test_the_served_column_is_scaled_on_both_ends_and_scores_the_same(weights, scale):
+    settings = PriorSettings(7.0, *weights, 0.5)
+    assert settings.column_scale == pytest.approx(scale)
+    with_history, without = settings.served_weights()
+    log_prior = np.array([-14.0, -9.0, -11.5])
+    # What a served dot product adds: the query's end times the candidate's.
+    np.testing.assert_allclose([with_history * scale * log_prior, without * scale * log_prior],
+                               [weights[0] * log_prior, weights[1] * log_prior])
+
+
 def test_calibration_without_a_validation_split_says_so_and_keeps_the_config(pipeline_log):
     from types import SimpleNamespace
 

@@ -156,8 +156,7 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
     k = k or run.config.ranker.retrieved
     text = TextEncoding(run.text_inputs.encoder.directory)
     catalogue = Catalogue(run.catalogue["item_id"], run.dataset.items["title"], table_dir)
-    prior = None if run.prior.off else (run.prior.weight_with_history,
-                                         run.prior.weight_without_history)
+    prior = None if run.prior.off else run.prior.served_weights()
     query = QueryModel(run.model.query_tower, text, catalogue,
                        run.config.towers.history_length, prior)
     candidate = CandidateModel(run.model.candidate_tower, text)

@@ -131,9 +131,10 @@ class QueryModel(tf.Module):
     """A request (user_id, history of ids or titles, context_text) -> query embeddings, and
     the vectors retrieval searches with.
 
-    `prior_weights` (with a history, without one): the run's item prior weights
-    (towerrec.training.prior); a search vector then ends with the request's weight, and
-    the candidates it is searched against with their log prior. None: no prior.
+    `prior_weights` (with a history, without one): the query end of the item prior's
+    column (towerrec.training.prior.PriorSettings.served_weights); a search vector then
+    ends with the request's one, and the candidates it is searched against with their
+    scaled log prior. None: no prior.
     """
 
     def __init__(self, query_tower, text: TextEncoding, catalogue: Catalogue,

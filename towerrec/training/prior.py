@@ -16,14 +16,18 @@ ones. The settings are chosen on validation data (towerrec.training.calibrate).
 
 In a served graph the prior is one more dimension of the vectors: queries [n, d + 1] end
 with their weight, candidates [m, d + 1] with their log prior, so that brute force and
-ScaNN search a plain dot product.
+ScaNN search a plain dot product. Both ends are scaled (`column_scale`), so the product is
+unchanged: raw, a log prior of about -14 at a million items dominates every candidate's
+norm, and ScaNN's partitioning and quantization, tuned for norms near 1, lose a share of
+the exact top 10 (benchmarks/index.py measures it).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from towerrec.data.features import catalogue_rows
 
@@ -62,6 +66,18 @@ class PriorSettings:
         """bool [n] -> float32 [n]: each request's weight of the prior."""
         return np.where(has_history, self.weight_with_history,
                         self.weight_without_history).astype(np.float32)
+
+    @property
+    def column_scale(self) -> float:
+        """What served vectors scale the prior's column by: candidates hold scale * log
+        prior, queries weight / scale. The square root of the weight of requests with a
+        history (most of them) puts the same factor on both ends."""
+        return math.sqrt(self.weight_with_history or self.weight_without_history or 1.0)
+
+    def served_weights(self) -> Tuple[float, float]:
+        """The query end of the served column: (with a history, without one)."""
+        return (self.weight_with_history / self.column_scale,
+                self.weight_without_history / self.column_scale)
 
 
 NO_PRIOR = PriorSettings(None, 0.0, 0.0, 0.0, {"calibrated": False})
@@ -178,19 +194,22 @@ def with_prior(vectors: np.ndarray, last: np.ndarray) -> np.ndarray:
 
 
 def served_candidates(run, candidate_embeddings: np.ndarray) -> np.ndarray:
-    """The vectors a served index holds: [m, d + 1] with each item's log prior as of the end
-    of the training data, or the embeddings as they are when the run has no prior."""
+    """The vectors a served index holds: [m, d + 1] ending with each item's log prior as of
+    the end of the training data (times `column_scale`), or the embeddings as they are when
+    the run has no prior."""
     if run.prior.off:
         return np.asarray(candidate_embeddings, np.float32)
     train = run.splits["train"]
     prior = item_log_prior(train, run.catalogue["item_id"], np.array([serving_time(train)]),
                            run.prior)
-    return with_prior(candidate_embeddings, prior[0])
+    return with_prior(candidate_embeddings, run.prior.column_scale * prior[0])
 
 
 def served_queries(run, query_embeddings: np.ndarray, has_history: np.ndarray) -> np.ndarray:
     """The vectors a served index is searched with: [n, d + 1] ending with each request's
-    weight of the prior, or the embeddings as they are when the run has no prior."""
+    weight of the prior (over `column_scale`), or the embeddings as they are when the run
+    has no prior."""
     if run.prior.off:
         return np.asarray(query_embeddings, np.float32)
-    return with_prior(query_embeddings, run.prior.query_weights(has_history))
+    with_history, without = run.prior.served_weights()
+    return with_prior(query_embeddings, np.where(has_history, with_history, without))
