@@ -157,6 +157,7 @@ class TowerConfig:
 
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu")
+NEGATIVES = ("global", "replica")
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
 JIT_COMPILE = ("auto", True, False)
 
@@ -164,8 +165,12 @@ JIT_COMPILE = ("auto", True, False)
 @dataclasses.dataclass
 class TrainingConfig:
     epochs: int = setting(12, at_least=1)
-    # The global batch: split across replicas, each of which softmaxes over its own share.
+    # The global batch, split across replicas.
     batch_size: int = setting(512, at_least=2)  # in-batch negatives need a second row
+    # What a replica's queries are scored against under several replicas: "global", the
+    # candidates of the whole global batch (all-gathered), or "replica", its own share
+    # (each query then sees batch_size / replicas - 1 negatives).
+    negatives: str = "global"
     learning_rate: float = setting(3e-3, above=0.0)
     temperature: float = setting(0.1, above=0.0)
     logq_correction: bool = True
@@ -184,7 +189,7 @@ class TrainingConfig:
 
     def __post_init__(self):
         for key, allowed in (("strategy", STRATEGIES), ("jit_compile", JIT_COMPILE),
-                             ("mixed_precision", MIXED_PRECISION)):
+                             ("mixed_precision", MIXED_PRECISION), ("negatives", NEGATIVES)):
             check_choice(f"training.{key}", getattr(self, key), allowed)
 
 

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Tuple
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.towers.candidate import CandidateFeatures, CandidateTower
 from towerrec.towers.features import Vocabulary, write_vocabulary
+from towerrec.towers.negatives import global_batch
 from towerrec.towers.query import QueryFeatures, QueryTower, item_index_of_row
 from towerrec.towers.sequence import CausalHistoryEncoder
 
@@ -33,16 +34,23 @@ class TwoTowerModel(tfrs.Model):
     `preprocess` turns raw examples into the numeric features the training step reads (in
     tf.data): the towers' inputs and `item_probability` [batch] (the item's share of
     training interactions), used for log-Q correction when `logq_correction` is set.
-    Under a strategy with several replicas, each replica's batch is its own softmax.
+    Under a strategy with several replicas, `negatives` says what a replica's queries are
+    scored against: "global", the candidates of the whole global batch (all-gathered with
+    their sampling probabilities and ids, towerrec.towers.negatives), or "replica", its own
+    slice only. The loss is the sum over a replica's queries; the replicas' gradients are
+    summed, so one step over R replicas with global negatives is one step of one device over
+    the global batch.
     """
 
     def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower,
-                 temperature: float, logq_correction: bool, remove_accidental_hits: bool):
+                 temperature: float, logq_correction: bool, remove_accidental_hits: bool,
+                 negatives: str = "global"):
         super().__init__()
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.logq_correction = logq_correction
         self.remove_accidental_hits = remove_accidental_hits
+        self.negatives = negatives
         self.task = tfrs.tasks.Retrieval(
             temperature=temperature,
             remove_accidental_hits=remove_accidental_hits,
@@ -55,43 +63,57 @@ class TwoTowerModel(tfrs.Model):
                 **self.candidate_tower.preprocess(features),
                 "item_probability": features["item_probability"]}
 
-    def compute_loss(self, features, training=False):
-        query_embeddings = self.query_tower(features, training=training)
-        candidate_embeddings = self.candidate_tower(features, training=training)
-        return self.task(
-            query_embeddings, candidate_embeddings,
-            candidate_sampling_probability=(
-                features["item_probability"] if self.logq_correction else None),
+    def embed(self, features, training=False):
+        """(query embeddings [batch, d], candidate embeddings [batch, d]) of a batch."""
+        return (self.query_tower(features, training=training),
+                self.candidate_tower(features, training=training))
+
+    def softmax_loss(self, query_embeddings, candidate_embeddings, features):
+        """The in-batch softmax of a replica's queries [batch, d] over its candidates
+        [batch, d], or with global negatives over the global batch's; summed."""
+        candidates = (
+            candidate_embeddings,
+            features["item_probability"] if self.logq_correction else None,
             # Indices, not id strings (XLA has no string ops): every training item has an
             # index of its own, so equal indices are equal ids.
-            candidate_ids=features["item_index"] if self.remove_accidental_hits else None,
-            compute_metrics=False)
+            features["item_index"] if self.remove_accidental_hits else None)
+        if self.negatives == "global":
+            candidates = global_batch(candidates)
+        candidate_embeddings, probability, ids = candidates
+        return self.task(query_embeddings, candidate_embeddings,
+                         candidate_sampling_probability=probability, candidate_ids=ids,
+                         compute_metrics=False)
+
+    def compute_loss(self, features, training=False):
+        return self.softmax_loss(*self.embed(features, training=training), features)
 
     def compile(self, optimizer, xla: bool = False, **kwargs):
-        """`xla`: each replica compiles its loss and gradients with XLA. Not Keras'
-        `jit_compile`: that traces one step for every replica, which XLA cannot run on
-        several devices (keras-team/tf-keras#194), and the update's sum over replicas
+        """`xla`: each replica compiles its towers (forward and gradients) with XLA. Not
+        Keras' `jit_compile`: that traces one step for every replica, which XLA cannot run
+        on several devices (keras-team/tf-keras#194), and the update's sum over replicas
         cannot be compiled inside a replica."""
         super().compile(optimizer=optimizer, **kwargs)
         self.xla = xla
 
     def train_step(self, features):
-        """tfrs's training step, with the loss and gradients compiled as `compile` says."""
-        # A new function per call: Keras calls this once per replica while tracing, so
-        # each replica compiles its own, on its own device, with its own variables.
-        gradients_of = (tf.function(self._gradients, jit_compile=True) if self.xla
-                        else self._gradients)
-        loss, regularization_loss, gradients = gradients_of(features)
+        """tfrs's training step, with the towers compiled as `compile` says."""
+        loss, regularization_loss, gradients = self.loss_and_gradients(features)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return {"loss": loss, "regularization_loss": regularization_loss,
                 "total_loss": loss + regularization_loss}
 
-    def _gradients(self, features):
-        """(loss, regularization loss, gradients of their sum); with mixed_float16's
-        LossScaleOptimizer, taken through the scaled loss, so that they do not underflow."""
+    def loss_and_gradients(self, features):
+        """(loss, regularization loss, gradients of their sum) of one replica's batch; with
+        mixed_float16's LossScaleOptimizer, taken through the scaled loss, so that they do
+        not underflow."""
+        # A new function per call: Keras calls this once per replica while tracing, so each
+        # replica compiles its own, on its own device, with its own variables. The towers
+        # only: the softmax's all-gather of global negatives is a cross-replica step, which
+        # a function nested in a replica's step cannot hold.
+        embed = tf.function(self.embed, jit_compile=True) if self.xla else self.embed
         scaled = isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
-            loss = self.compute_loss(features, training=True)
+            loss = self.softmax_loss(*embed(features, training=True), features)
             regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
             total_loss = loss + regularization_loss
             if scaled:
@@ -152,4 +174,5 @@ def build_two_tower(vocabularies: Vocabularies, catalogue_text: np.ndarray,
             text_encoder=text_encoder, head_dtype=t.mixed_precision, name="candidate_tower")
         return TwoTowerModel(query_tower, candidate_tower, temperature=t.temperature,
                              logq_correction=t.logq_correction,
-                             remove_accidental_hits=t.remove_accidental_hits)
+                             remove_accidental_hits=t.remove_accidental_hits,
+                             negatives=t.negatives)

@@ -1,0 +1,100 @@
+"""Cross-replica negatives: over two replicas, the loss and gradients of one step equal one
+device's over the global batch; per-replica negatives differ. Two logical CPUs stand in for
+two accelerators (declared before TensorFlow starts, hence a fresh process)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TWO_REPLICAS = r"""
+import json, sys
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.set_visible_devices([], "GPU")
+
+from towerrec.towers.retrieval import TwoTowerModel
+
+rng = np.random.default_rng(0)
+BATCH = 8
+features = {
+    "query": rng.normal(size=(BATCH, 4)).astype(np.float32),
+    "candidate": rng.normal(size=(BATCH, 4)).astype(np.float32),
+    "item_probability": rng.uniform(0.05, 0.5, BATCH).astype(np.float32),
+    # rows 1 and 6 are the same item (in different replicas' halves): an accidental hit
+    "item_index": np.array([2, 3, 4, 5, 6, 7, 3, 9], np.int64)}
+
+
+def model(negatives):
+    tf.keras.utils.set_random_seed(1)
+    query = tf.keras.Sequential([tf.keras.layers.Lambda(lambda f: f["query"]),
+                                 tf.keras.layers.Dense(3)])
+    candidate = tf.keras.Sequential([tf.keras.layers.Lambda(lambda f: f["candidate"]),
+                                     tf.keras.layers.Dense(3)])
+    return TwoTowerModel(query, candidate, temperature=0.5, logq_correction=True,
+                         remove_accidental_hits=True, negatives=negatives)
+
+
+def step(model, batch):
+    loss, _, gradients = model.loss_and_gradients(batch)
+    return loss, gradients
+
+
+def one_device():
+    m = model("global")
+    loss, gradients = tf.function(step)(m, {k: tf.constant(v) for k, v in features.items()})
+    return float(loss), [g.numpy().tolist() for g in gradients]
+
+
+def mirrored(negatives, xla):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        m = model(negatives)
+        m.xla = xla  # what compile(xla=...) sets
+        m.embed({k: tf.constant(v) for k, v in features.items()})  # build the weights
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(features).batch(BATCH))
+    batch = next(iter(dataset))
+    loss, gradients = tf.function(lambda b: strategy.run(lambda r: step(m, r), args=(b,)))(
+        batch)
+    total = strategy.reduce("SUM", loss, axis=None)
+    summed = [strategy.reduce("SUM", g, axis=None).numpy().tolist() for g in gradients]
+    return float(total), summed
+
+
+loss, gradients = one_device()
+result = {"one_device": {"loss": loss, "gradients": gradients}}
+for negatives, xla in (("global", False), ("global", True), ("replica", False)):
+    loss, gradients = mirrored(negatives, xla)
+    result[f"{negatives}{'_xla' if xla else ''}"] = {"loss": loss, "gradients": gradients}
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture(scope="module")
+def two_replicas():
+    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS], capture_output=True,
+                          text=True, cwd=Path(__file__).parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["global", "global_xla"])
+def test_global_negatives_over_two_replicas_equal_one_device(two_replicas, name):
+    one, two = two_replicas["one_device"], two_replicas[name]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    for mine, theirs in zip(two["gradients"], one["gradients"]):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_per_replica_negatives_score_fewer_candidates(two_replicas):
+    # Each query's softmax over its half of the batch: fewer negatives, a smaller loss.
+    assert two_replicas["replica"]["loss"] < two_replicas["one_device"]["loss"] - 0.1

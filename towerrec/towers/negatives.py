@@ -1,0 +1,49 @@
+"""Cross-replica negatives: every replica's queries score against the whole global batch.
+
+In-batch softmax takes a query's negatives from the candidates of its batch. Under a
+strategy with several replicas (GPUs, TPU cores, workers), a replica holds only its slice
+of the global batch, so a global batch of B over R replicas trains each query against B/R - 1
+negatives instead of B - 1, and recall falls behind one device's (TFRS issues #274, #710).
+`global_batch` all-gathers the candidate side, so each replica's softmax is the one a single
+device would compute over the global batch for the same queries.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+
+import tensorflow as tf
+
+
+def global_batch(tensors: Sequence[Optional[tf.Tensor]]) -> Tuple[Optional[tf.Tensor], ...]:
+    """Per-replica tensors [local_batch, ...] (None passes through) -> the global batch's
+    [replicas * local_batch, ...], this replica's own rows first and the others after, in
+    replica order from the next one on.
+
+    Own rows first keeps the positives where in-batch softmax expects them (query i's
+    positive is candidate i). all_gather has a gradient: a candidate's gradient from every
+    replica's loss flows back to the replica that computed it. With one replica (or outside
+    a strategy) the tensors are returned as they are.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tuple(tensors)
+    def gather(x):
+        if x is None:
+            return None
+        everything = context.all_gather(x, axis=0)
+        rows = tf.shape(everything, out_type=tf.int32)[0]
+        offset = (tf.cast(context.replica_id_in_sync_group, tf.int32)
+                  * tf.shape(x, out_type=tf.int32)[0])
+        order = (tf.range(rows) + offset) % rows
+        if not x.dtype.is_floating:  # ids: nothing to differentiate
+            return tf.gather(everything, order)
+        # A permutation matrix, not tf.gather (all_gather's gradient takes dense tensors
+        # only) nor tf.roll (XLA needs its shift at compile time; a TPU's replica id is a
+        # tensor). [rows, rows] at a global batch of thousands is cheap beside the towers.
+        flat = tf.reshape(everything, [rows, -1])
+        return tf.reshape(tf.matmul(tf.one_hot(order, rows, dtype=x.dtype), flat),
+                          tf.shape(everything))
+
+    return tuple(gather(x) for x in tensors)
