@@ -156,7 +156,7 @@ class TowerConfig:
                               f"of towers.history_heads ({self.history_heads})")
 
 
-STRATEGIES = ("auto", "default", "mirrored", "tpu")
+STRATEGIES = ("auto", "default", "mirrored", "tpu", "multi_worker")
 NEGATIVES = ("global", "replica")
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
 JIT_COMPILE = ("auto", True, False)
@@ -178,8 +178,13 @@ class TrainingConfig:
     seed: int = 7
     # Where training runs (tf.distribute): "auto" is a TPU when one is found, else
     # MirroredStrategy over several GPUs, else the default strategy (one CPU or GPU);
-    # "mirrored" uses every GPU (or, without one, every logical CPU device).
+    # "mirrored" uses every GPU (or, without one, every logical CPU device); "multi_worker"
+    # is MultiWorkerMirroredStrategy over the cluster that TF_CONFIG names (the same
+    # command runs on every worker; see towerrec.training.distribute).
     strategy: str = "auto"
+    # multi_worker: how long a collective waits for the other workers before training
+    # stops with an error (a worker died or hangs); restarted, it resumes from the backup.
+    worker_timeout_seconds: float = setting(600.0, above=0.0)
     # XLA-compile the training step: true, false, or "auto" (on with a GPU). A TPU
     # compiles the whole step with XLA whatever this says.
     jit_compile: Union[bool, str] = "auto"

@@ -245,5 +245,9 @@ def tf_dataset(features: Mapping[str, Union[np.ndarray, Indexed]], text_inputs: 
         ids = seeds.take(1).flat_map(lambda seed: tf.data.Dataset.from_tensor_slices(
             tf.random.experimental.stateless_shuffle(
                 tf.range(size, dtype=tf.int64), seed=tf.stack([seed, 0]))))
-    return ids.batch(batch_size, drop_remainder=drop_remainder).map(
+    batches = size // batch_size if drop_remainder else -(-size // batch_size)
+    # The shuffle's flat_map hides the count: stated, Keras shows each epoch's length from
+    # the first, and an epoch resumed from a backup is not counted from the step restored.
+    return ids.batch(batch_size, drop_remainder=drop_remainder).apply(
+        tf.data.experimental.assert_cardinality(batches)).map(
         model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

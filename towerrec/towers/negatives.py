@@ -29,10 +29,16 @@ def global_batch(tensors: Sequence[Optional[tf.Tensor]]) -> Tuple[Optional[tf.Te
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return tuple(tensors)
+    # MultiWorkerMirroredStrategy with one device a worker leaves a replica's ops unplaced,
+    # and all_gather needs its inputs on a device ("destinations can not be empty").
+    local = context.strategy.extended.worker_devices
+    device = local[0] if len(local) == 1 else None
+
     def gather(x):
         if x is None:
             return None
-        everything = context.all_gather(x, axis=0)
+        with tf.device(device):
+            everything = context.all_gather(tf.identity(x), axis=0)
         rows = tf.shape(everything, out_type=tf.int32)[0]
         offset = (tf.cast(context.replica_id_in_sync_group, tf.int32)
                   * tf.shape(x, out_type=tf.int32)[0])

@@ -63,7 +63,7 @@ def calibrate_prior(run: Run) -> PriorSettings:
     save_splits(splits, directory / "splits")
     with stage("calibrate prior: train on the validation split"):
         validation = train(dataclasses.replace(config, run_dir=str(directory)),
-                           encoder_dir=config.run_path / "encoder", verbose=0,
+                           encoder_dir=run.text_inputs.encoder.directory, verbose=0,
                            prior=NO_PRIOR)
     with stage("calibrate prior: grid"):
         settings = choose(validation, config.prior)

@@ -3,11 +3,21 @@
 The input pipeline runs on the host and hands the model numbers only (text tables and the
 towers' lookups are applied in tf.data), so one training step runs, XLA-compiled, on a
 TPU, on mirrored GPUs or on the CPU.
+
+Several hosts: `training.strategy: multi_worker` is MultiWorkerMirroredStrategy over the
+cluster in TF_CONFIG. The same `towerrec train` runs on every worker; the chief writes the
+run folder, the others write theirs under the system's temporary folder (`worker_paths`),
+and every worker backs up to and restores from the chief's backup folder, which must be
+on storage they all reach (GCS, NFS).
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional, Union
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple, Union
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import STRATEGIES, ConfigError
@@ -16,11 +26,15 @@ import tensorflow as tf
 
 
 @functools.lru_cache(maxsize=None)
-def choose_strategy(name: str = "auto") -> tf.distribute.Strategy:
+def choose_strategy(name: str = "auto",
+                    worker_timeout_seconds: float = 600.0) -> tf.distribute.Strategy:
     """training.strategy -> a strategy; one per name and process (a TPU is initialized
-    once: initializing it again would wipe the variables already on it)."""
+    once: initializing it again would wipe the variables already on it; the collectives of
+    several workers are configured once, before TensorFlow starts)."""
     if name not in STRATEGIES:
         raise ConfigError(f"training.strategy: '{name}' is not one of {', '.join(STRATEGIES)}")
+    if name == "multi_worker":
+        return _multi_worker(worker_timeout_seconds)
     if name in ("auto", "tpu"):
         resolver = _tpu_resolver()
         if resolver is not None:
@@ -37,6 +51,45 @@ def choose_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "auto" and len(gpus) > 1:
         return tf.distribute.MirroredStrategy(gpus)
     return tf.distribute.get_strategy()
+
+
+def _multi_worker(timeout_seconds: float) -> tf.distribute.Strategy:
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"TF_CONFIG is not JSON: {e}") from None
+    if not cluster.get("cluster") or not cluster.get("task"):
+        raise ConfigError(
+            "training.strategy is 'multi_worker' but TF_CONFIG names no cluster and task, "
+            'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\' on the first worker')
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=timeout_seconds))
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run (always, but on a non-chief worker)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def worker_paths(run_path: Path, strategy: tf.distribute.Strategy) -> Tuple[Path, Path]:
+    """(where this process writes its run, the chief's run folder that every worker shares):
+    the run folder twice on the chief; on another worker its own folder under the system's
+    temporary folder, the same on every restart. A path already under it (a run nested in
+    a non-chief's, as calibration's) maps back to the chief's path."""
+    if not is_multi_worker(strategy) or is_chief(strategy):
+        return run_path, run_path
+    resolver = strategy.cluster_resolver
+    root = Path(tempfile.gettempdir()) / f"towerrec-{resolver.task_type}-{resolver.task_id}"
+    path = Path(os.path.abspath(run_path))
+    shared = Path("/") / path.relative_to(root) if path.is_relative_to(root) else path
+    return root / shared.relative_to("/"), shared
 
 
 def _tpu_resolver() -> Optional[tf.distribute.cluster_resolver.TPUClusterResolver]:
@@ -61,6 +114,10 @@ def describe(strategy: tf.distribute.Strategy, xla: bool) -> str:
     name = ("default strategy" if strategy is tf.distribute.get_strategy()
             else type(strategy).__name__)
     replicas = strategy.num_replicas_in_sync
+    if is_multi_worker(strategy):
+        resolver = strategy.cluster_resolver
+        name = (f"MultiWorkerMirroredStrategy ({resolver.task_type} {resolver.task_id}"
+                 f"{', chief' if is_chief(strategy) else ''})")
     compiled = ("the TPU compiles the step" if isinstance(strategy, tf.distribute.TPUStrategy)
                 else f"XLA {'on' if xla else 'off'}")
     return f"{name}, {replicas} replica{'s' if replicas > 1 else ''}, {compiled}"

@@ -1,6 +1,7 @@
 """`towerrec train`: config -> data -> splits -> encoder -> towers -> fit -> saved weights."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +19,14 @@ from towerrec.data.features import (
 from towerrec.stages import stage
 from towerrec.towers.optimizers import LazyAdam
 from towerrec.towers.retrieval import Vocabularies
-from towerrec.training.distribute import choose_strategy, describe, loss_scaled, use_xla
+from towerrec.training.distribute import (
+    choose_strategy,
+    describe,
+    is_multi_worker,
+    loss_scaled,
+    use_xla,
+    worker_paths,
+)
 from towerrec.training.prior import (
     PriorSettings,
     configured_prior,
@@ -82,6 +90,43 @@ def check_finite(embeddings: np.ndarray, what: str) -> np.ndarray:
                          "infinity): the model diverged in training; retrain it with a "
                          "lower training.learning_rate")
     return embeddings
+
+
+class WorkerLost(ModelError):
+    """Multi-worker training stopped: a worker died or stopped answering."""
+
+
+# What a collective raises when another worker is gone: the cluster's health check aborts
+# it (unavailable, cancelled), or it times out (training.worker_timeout_seconds).
+COLLECTIVE_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                       tf.errors.CancelledError, tf.errors.AbortedError)
+BACKUP_DIR = "backup"
+
+
+def _what_failed(error: tf.errors.OpError) -> str:
+    """The words of a collective's error that say what happened (which worker is gone),
+    without the graph's stack."""
+    lines = [line.strip() for line in str(error.message).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(
+        ("File ", "[[", "Detected at node", "Graph execution error"))]
+    aborted = next((i for i, line in enumerate(lines) if "aborted by" in line), None)
+    if aborted is not None:  # "... aborted by: ... unhealthy ...:" and the task's name
+        return " ".join(lines[aborted:aborted + 2])
+    return lines[-1] if lines else "no message"
+
+
+class _ResumeReport(tf.keras.callbacks.Callback):
+    """Says when training resumes from a backup (BackupAndRestore) instead of epoch 1."""
+
+    def __init__(self, record: dict):
+        super().__init__()
+        self.record, self.first = record, True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first and epoch > 0:
+            log.info(f"resumed from the backup: training continues at epoch {epoch + 1}")
+            self.record["resumed_at_epoch"] = epoch + 1
+        self.first = False
 
 
 class _SteadyThroughput(tf.keras.callbacks.Callback):
@@ -150,7 +195,13 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     saved with the model (default: the config's, or none when the config asks for it to
     be calibrated, which towerrec.training.calibrate does after training)."""
     t = config.training
-    strategy = choose_strategy(t.strategy)
+    strategy = choose_strategy(t.strategy, t.worker_timeout_seconds)
+    own, shared = worker_paths(config.run_path, strategy)
+    # A non-chief worker: its own folder; the chief's encoder, when it has one.
+    if own != config.run_path:
+        config = dataclasses.replace(config, run_dir=str(own))
+        if encoder_dir is None and (shared / "encoder" / "encoder").exists():
+            encoder_dir = shared / "encoder"  # its cache takes several writers
     xla = use_xla(t.jit_compile, strategy)
     if t.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"training.batch_size {t.batch_size} does not split evenly over "
@@ -165,6 +216,11 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
         data = tf_dataset(features, run.text_inputs, t.batch_size, run.model.preprocess,
                           shuffle_seed=t.seed, drop_remainder=True)
         del features
+        if is_multi_worker(strategy):  # each worker reads its share of every global batch
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA)
+            data = data.with_options(options)
     log.info(f"training on {examples} interactions, "
              f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
              f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
@@ -185,14 +241,29 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     ]
     for split in (s for s in EPOCH_SPLITS if s in run.splits):
         callbacks.insert(0, _EpochEvaluation(run, log_dir, split))
+    if is_multi_worker(strategy):
+        # Every epoch, into the chief's folder, which every worker reads when restarted;
+        # deleted when training ends well.
+        callbacks.insert(0, tf.keras.callbacks.BackupAndRestore(str(shared / BACKUP_DIR)))
     # First: a NaN loss stops training at once, before anything evaluates or saves.
     callbacks.insert(0, tf.keras.callbacks.TerminateOnNaN())
     epochs = epochs or t.epochs
     throughput = _SteadyThroughput(t.batch_size)
     with stage("train", examples=examples // t.batch_size * t.batch_size * epochs,
                epochs=epochs) as record:
-        history = run.model.fit(data, epochs=epochs, callbacks=[throughput, *callbacks],
-                                verbose=verbose)
+        try:
+            history = run.model.fit(
+                data, epochs=epochs, verbose=verbose,
+                callbacks=[throughput, *callbacks, _ResumeReport(record)])
+        except COLLECTIVE_FAILURES as e:
+            if not is_multi_worker(strategy):
+                raise
+            raise WorkerLost(
+                f"training stopped: another worker of the cluster died or did not answer "
+                f"within training.worker_timeout_seconds ({t.worker_timeout_seconds:g}s): "
+                f"{type(e).__name__}: {_what_failed(e)}. Restart "
+                f"every worker with the same command: training resumes from the last epoch "
+                f"backed up in {shared / BACKUP_DIR}.") from None
         if throughput.rate:
             record["steady_examples_per_second"] = round(throughput.rate)
     losses = history.history.get("loss", [])
