@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
@@ -209,39 +208,76 @@ def test_bad_new_data_stops_before_training(published, tmp_path, capsys, content
     assert _newest(base) == before
 
 
+# `towerrec retrain` in a process that stops where a test asks (PAUSE_AT), says so, and
+# waits there to be killed: inside model.fit ("fit"), once the first export version is
+# staged ("staging"), or at a retrain stage by its name. The hooks are this test's.
+PAUSING_RETRAIN = r"""
+import os, sys, time
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
+from towerrec.export import export
+from towerrec.pipelines import retrain
+from towerrec.pipelines.cli import main
+from towerrec.training import train
+
+pause_at = os.environ.get("PAUSE_AT", "")
+
+
+def pause(where):
+    print(f"paused at {where}", flush=True)
+    time.sleep(3600)
+
+
+def after(owner, name, should_pause):
+    original = getattr(owner, name)
+
+    def patched(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if should_pause(*args, **kwargs):
+            pause(pause_at)
+        return result
+    setattr(owner, name, patched)
+
+
+if pause_at == "fit":  # after a few steps of the first epoch
+    after(train._SteadyThroughput, "on_train_batch_end", lambda self, batch, logs=None: batch == 2)
+elif pause_at == "staging":
+    after(export, "stage_version", lambda *args, **kwargs: True)
+elif pause_at:
+    after(retrain, "at_stage", lambda name, started: name == pause_at)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _retrain_process(config_path: Path, base: Path, data, pause_at: str = ""):
-    env = dict(os.environ, TOWERREC_RETRAIN_PAUSE_AT=pause_at, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PAUSE_AT=pause_at, PYTHONUNBUFFERED="1")
     items = ["--new-items", str(data["new_items"])] if data["new_items"] else []
     return subprocess.Popen(
-        [sys.executable, "-m", "towerrec.pipelines.cli", "retrain", "--config", str(config_path),
+        [sys.executable, "-c", PAUSING_RETRAIN, "retrain", "--config", str(config_path),
          "--new-interactions", str(data["new_interactions"]), *items,
          "--model-base-path", str(base)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _kill_when(process, line: str, delay: float = 0.0) -> str:
+def _kill_when_paused(process, where: str) -> str:
     seen = []
     for out in process.stdout:
         seen.append(out)
-        if out.startswith(line + " ("):
-            time.sleep(delay)
+        if out.strip() == f"paused at {where}":
             process.send_signal(signal.SIGKILL)
             process.wait()
             return "".join(seen)
-    raise AssertionError(f"retrain ended before '{line}':\n{''.join(seen)[-3000:]}")
+    raise AssertionError(f"retrain ended before pausing at '{where}':\n"
+                         f"{''.join(seen)[-3000:]}")
 
 
 def test_sigkill_at_any_stage_loses_nothing(published, data):
     _, base, config_path = published
     published = _load_every_version(base)
-    kills = [("retrain: training", 3.0, ""),      # inside model.fit
-             ("retrain: exporting", 2.0, ""),     # while versions are being staged
-             ("retrain: published query_tower", 0.0,  # between two publishing renames
-              "published query_tower")]
-    for line, delay, pause_at in kills:
-        _kill_when(_retrain_process(config_path, base, data, pause_at), line, delay)
+    # Inside model.fit; while versions are being staged; between two publishing renames.
+    for where in ("fit", "staging", "published query_tower"):
+        _kill_when_paused(_retrain_process(config_path, base, data, where), where)
         now = _load_every_version(base)  # every published version still loads
-        assert set(published) <= set(now), line
+        assert set(published) <= set(now), where
     assert _newest(base)["query_tower"] == 2  # the publish that was cut short
     assert _newest(base)["candidate_tower"] == 1
     assert (base / PUBLISH_JOURNAL).exists()

@@ -120,21 +120,24 @@ def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
 
 
 def export_models(run, base_path: Path, k: Optional[int] = None,
-                  models: Optional[List[str]] = None, stage_only: bool = False
-                  ) -> Dict[str, Path]:
+                  models: Optional[List[str]] = None, stage_only: bool = False,
+                  candidate_embeddings: Optional[np.ndarray] = None) -> Dict[str, Path]:
     """Exports every model of `run` under `base_path`, one new version each, all staged
     first and then renamed into place, under the base path's lock (with `stage_only`, left
     staged for the caller, who holds the lock, to `publish` or `discard`).
     `ranker` and `recommender` need a trained ranker (`towerrec train-ranker`); without
-    one they are skipped, with a message."""
+    one they are skipped, with a message. `candidate_embeddings` [catalogue, d]: the
+    catalogue's, when computed elsewhere (embed-catalogue); else computed here."""
     base_path = Path(base_path)
     # The catalogue's lookup files live here until the SavedModels have copied them.
     with tempfile.TemporaryDirectory(prefix="towerrec-export-") as table_dir:
-        return _export_models(run, base_path, Path(table_dir), k, models, stage_only)
+        return _export_models(run, base_path, Path(table_dir), k, models, stage_only,
+                              candidate_embeddings)
 
 
 def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
-                   models: Optional[List[str]], stage_only: bool) -> Dict[str, Path]:
+                   models: Optional[List[str]], stage_only: bool,
+                   embedded: Optional[np.ndarray]) -> Dict[str, Path]:
     from towerrec.evaluation.evaluate import candidate_embeddings
     from towerrec.export.graphs import (
         BruteForceRetrieval,
@@ -160,8 +163,8 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
     query = QueryModel(run.model.query_tower, text, catalogue,
                        run.config.towers.history_length, prior)
     candidate = CandidateModel(run.model.candidate_tower, text)
-    embeddings = served_candidates(
-        run, check_finite(candidate_embeddings(run), "candidate embeddings"))
+    embeddings = served_candidates(run, check_finite(
+        candidate_embeddings(run) if embedded is None else embedded, "candidate embeddings"))
     q_spec = query_signature()
     c_spec = candidate_signature(run.dataset.categorical_columns, run.dataset.numeric_columns)
     brute = BruteForceRetrieval(query, embeddings, k)

@@ -13,18 +13,9 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from towerrec.config import Config
-from towerrec.data.dataset import (
-    ADDED_ITEMS,
-    MAX_TEXT_CHARS,
-    DataError,
-    item_columns,
-    items_frame,
-    read_table,
-    text_column,
-)
-from towerrec.data.sources import load_dataset
+from towerrec.data.dataset import ADDED_ITEMS, MAX_TEXT_CHARS, DataError, read_table
+from towerrec.data.sources import catalogue_items, load_dataset
 
-import numpy as np
 import pandas as pd
 
 
@@ -35,29 +26,7 @@ def read_new_items(path: str, config: Config, catalogue_ids,
     numbers. An id of the training catalogue (`catalogue_ids`) is refused; one already in
     `added` (an earlier add-items) is refused unless its row is the same, which makes
     running add-items again after a kill a resume. Returns the items not added before."""
-    raw = read_table(path, "new items")
-    movielens = config.data.source == "movielens-100k"
-    if movielens:
-        from towerrec.data.movielens import ITEM_COLUMNS as expected
-    else:
-        expected = item_columns(config.data)
-    unknown = [c for c in raw.columns if c not in expected]
-    missing = [c for c in expected if c not in raw.columns]
-    if unknown or missing:
-        raise DataError(f"new items file {path} has " + "; ".join(
-            part for part in (unknown and f"unknown column(s) {unknown}",
-                              missing and f"no column(s) {missing}") if part)
-            + f"; expected {expected}")
-    title = expected[1] if movielens else config.data.text_columns[0]
-    empty = text_column(raw, title).str.len() == 0  # as read, before a year is appended
-    if empty.any():
-        raise DataError(f"new items file {path}: row {int(np.flatnonzero(empty)[0])} has an "
-                        f"empty {title}")
-    if movielens:
-        from towerrec.data.movielens import movielens_items
-        new = movielens_items(raw, path)
-    else:
-        new = items_frame(raw, config.data, path)
+    new = catalogue_items(read_table(path, "new items"), config, path)
     if new["item_id"].duplicated().any():
         raise DataError(f"new items file {path} repeats item_id "
                         f"{new['item_id'][new['item_id'].duplicated()].iloc[0]!r}")

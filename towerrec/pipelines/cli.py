@@ -121,6 +121,41 @@ def _add_items(args) -> int:
     return 0
 
 
+def _embed_catalogue(args) -> int:
+    from towerrec.export.publish import served_version
+    from towerrec.pipelines.embed_catalogue import (
+        EMBEDDINGS_DIR,
+        embed_catalogue,
+        index_from_embeddings,
+        read_embeddings,
+    )
+    from towerrec.training.run import load_run
+
+    config = _run_config(args)
+    base_path = Path(args.model_base_path)
+    model = served_version(base_path / "candidate_tower")
+    if model is None:
+        raise ConfigError(f"no candidate_tower under {base_path}: run `towerrec export "
+                          f"--model-base-path {base_path}` first")
+    items = args.items or config.data.items
+    if not items:
+        raise ConfigError("--items: the items file(s) to embed (a glob), in the columns of "
+                          f"the config's source ({config.data.source})")
+    output = Path(args.output or config.run_path / EMBEDDINGS_DIR)
+    beam_args = ["--runner", args.runner, *[a for a in args.beam_args if a != "--"]]
+    with stage("embed catalogue on Beam", runner=args.runner) as record:
+        record.update(embed_catalogue(config, items, model, output, beam_args))
+    run = load_run(config)
+    with stage("index from the embeddings", items=len(run.catalogue["item_id"])):
+        built = index_from_embeddings(run, read_embeddings(output, run.catalogue["item_id"]),
+                                      base_path if args.publish else None)
+    print(f"embedded {len(run.catalogue['item_id'])} items with {model} into {output}; "
+          f"index rebuilt: {built['index']}")
+    for name, path in built["exports"].items():
+        print(f"{name:24s} {path}")
+    return 0
+
+
 def _train_ranker(args) -> int:
     from towerrec.evaluation.evaluate import markdown_table
     from towerrec.training.rank import train_ranker
@@ -316,6 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("items", help="CSV or Parquet of new items (the items schema)")
     add.add_argument("--model-base-path", default=None,
                      help="also publish new export versions under this base path")
+    beam = command("embed-catalogue", _embed_catalogue, "Embed the catalogue with the "
+                   "exported candidate_tower on Apache Beam (RunInference), then build the "
+                   "index (and, with --publish, new export versions) from the embeddings.")
+    beam.add_argument("--model-base-path", default="models",
+                      help="where the candidate_tower export is served from (its newest "
+                           "version embeds; default: models)")
+    beam.add_argument("--items", default=None,
+                      help="items file(s) to embed, a glob on any filesystem Beam reads, "
+                           "CSV or Parquet in the items schema (default: data.items)")
+    beam.add_argument("--runner", default="DirectRunner",
+                      help="DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...")
+    beam.add_argument("--output", default=None,
+                      help="where the embedding shards go (default: "
+                           "<run_dir>/catalogue_embeddings; on a cluster, shared storage)")
+    beam.add_argument("--publish", action="store_true",
+                      help="also publish new versions of the exports under the base path")
+    beam.add_argument("beam_args", nargs=argparse.REMAINDER,
+                      help="after --: Beam pipeline options, e.g. -- --direct_num_workers=2 "
+                           "--direct_running_mode=multi_processing")
     retrain = command("retrain", _retrain, "Warm-start from the served model, train on new "
                       "interactions (and items), and publish new versions of every export "
                       "only if the gate passes (exit 3 when it refuses).")

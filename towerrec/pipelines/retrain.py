@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -61,8 +60,6 @@ GENERATION_FILE = "generation.json"  # written when a generation has finished tr
 RECENT = "recent"
 # The interactions' columns of a MovieLens run (the typed frame's own names).
 MOVIELENS_INTERACTIONS = DataConfig(rating_column="rating", context_column="context_text")
-# For crash tests: a retrain stops (sleeps) at the stage this names, to be killed there.
-PAUSE_AT = "TOWERREC_RETRAIN_PAUSE_AT"
 
 
 def read_new_interactions(path: str, config: Config) -> pd.DataFrame:
@@ -80,10 +77,7 @@ def read_new_interactions(path: str, config: Config) -> pd.DataFrame:
 
 
 def at_stage(name: str, started: float) -> None:
-    """Logs the stage; with TOWERREC_RETRAIN_PAUSE_AT=<name>, waits there (crash tests)."""
     log.info(f"retrain: {name} ({time.time() - started:.0f}s)")
-    if os.environ.get(PAUSE_AT) == name:
-        time.sleep(3600)
 
 
 def clear_unfinished_generations(config: Config) -> None:
