@@ -143,8 +143,8 @@ def _embed_catalogue(args) -> int:
                           f"the config's source ({config.data.source})")
     output = Path(args.output or config.run_path / EMBEDDINGS_DIR)
     beam_args = ["--runner", args.runner, *[a for a in args.beam_args if a != "--"]]
-    with stage("embed catalogue on Beam", runner=args.runner) as record:
-        record.update(embed_catalogue(config, items, model, output, beam_args))
+    with stage(f"embed catalogue on Beam ({args.runner})") as record:
+        record["shards"] = embed_catalogue(config, items, model, output, beam_args)
     run = load_run(config)
     with stage("index from the embeddings", items=len(run.catalogue["item_id"])):
         built = index_from_embeddings(run, read_embeddings(output, run.catalogue["item_id"]),

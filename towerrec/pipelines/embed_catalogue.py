@@ -16,7 +16,6 @@ with a model base path, new versions of the exports), from these embeddings.
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -44,13 +43,15 @@ def read_items(readable_file, config: Config) -> Iterator[Dict]:
     else:  # text, typed as the run's own reader types it
         raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     items = catalogue_items(raw, config, path)
-    categorical = [c for c in config.data.categorical_columns if c in items]
-    numeric = [c for c in config.data.numeric_columns if c in items]
+    # The attributes as the source declares them (MovieLens: genres, year); the handler
+    # feeds the signature the ones it names.
+    attributes = {c: pd.api.types.is_numeric_dtype(items[c]) for c in items.columns
+                  if c not in ("item_id", "text", "title")}
     for row in items.itertuples(index=False):
         values = row._asdict()
         yield {"item_id": str(values["item_id"]), "item_text": str(values["text"]),
-               **{c: str(values[c]) for c in categorical},
-               **{c: np.float32(values[c]) for c in numeric}}
+               **{c: np.float32(values[c]) if numeric else str(values[c])
+                  for c, numeric in attributes.items()}}
 
 
 def candidate_tower_handler(model_dir: str):
@@ -83,9 +84,9 @@ def candidate_tower_handler(model_dir: str):
 
 
 def embed_catalogue(config: Config, items: str, model_dir: Path, output: Path,
-                    beam_args: Optional[List[str]] = None) -> Dict:
+                    beam_args: Optional[List[str]] = None) -> int:
     """Runs the Beam pipeline: `items` (a glob) embedded by the candidate_tower SavedModel
-    in `model_dir`, written as Parquet shards under `output`. Returns the run's timings."""
+    in `model_dir`, written as Parquet shards under `output`. Returns the shards' count."""
     import apache_beam as beam
     import pyarrow as pa
     from apache_beam.io import fileio
@@ -96,7 +97,6 @@ def embed_catalogue(config: Config, items: str, model_dir: Path, output: Path,
     for old in output.glob(f"{SHARD_PREFIX}-*"):
         old.unlink()  # shards of an earlier run would be read back with these
     schema = pa.schema([("item_id", pa.string()), (EMBEDDING, pa.list_(pa.float32()))])
-    started = time.time()
     with beam.Pipeline(options=PipelineOptions(beam_args or [])) as pipeline:
         _ = (pipeline
              | "match items" >> fileio.MatchFiles(items)
@@ -110,8 +110,7 @@ def embed_catalogue(config: Config, items: str, model_dir: Path, output: Path,
                  EMBEDDING: np.asarray(result.inference, np.float32).tolist()})
              | "write shards" >> beam.io.WriteToParquet(
                  str(output / SHARD_PREFIX), schema, file_name_suffix=".parquet"))
-    return {"seconds": round(time.time() - started, 3),
-            "shards": len(list(output.glob(f"{SHARD_PREFIX}-*")))}
+    return len(list(output.glob(f"{SHARD_PREFIX}-*")))
 
 
 def read_embeddings(output: Path, catalogue_ids) -> np.ndarray:
