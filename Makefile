@@ -7,7 +7,7 @@ export TOWERREC_CACHE := $(CACHE)
 CONFIG ?= configs/movielens.yaml
 MODELS ?= models
 
-.PHONY: setup demo test test-fast lint benchmark clean
+.PHONY: setup demo test test-fast lint benchmark clean dist
 
 setup: $(VENV)/.installed $(CACHE)/recbole-1.2.1-py3-none-any.whl
 
@@ -32,6 +32,10 @@ demo: setup
 	$(BIN)/towerrec train-ranker --config $(CONFIG)
 	$(BIN)/towerrec export --config $(CONFIG) --model-base-path $(MODELS)
 	BIN=$(BIN) MODELS=$(MODELS) scripts/serve_and_query.sh
+
+# A wheel of towerrec, e.g. for Beam workers (embed-catalogue --extra_package) or Colab.
+dist: setup
+	$(BIN)/pip wheel -q --no-deps -w dist .
 
 lint: setup
 	$(BIN)/ruff check .

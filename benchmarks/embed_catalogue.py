@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     in_process = time.perf_counter() - started
 
     started = time.perf_counter()
-    embed_catalogue(config, str(folder / "items-*.csv"), model_dir, folder / "embeddings",
+    embed_catalogue(config, str(folder / "items-*.csv"), str(model_dir),
+                    str(folder / "embeddings"),
                     ["--runner", "DirectRunner", f"--direct_num_workers={args.workers}",
                      "--direct_running_mode=multi_processing"])
     beam = time.perf_counter() - started

@@ -15,6 +15,7 @@ run.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -52,10 +53,11 @@ def gaussian_like(samples: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def synthetic_catalogue(run, candidates: np.ndarray, queries: np.ndarray, items: int,
-                        num_queries: int, scale: float):
+                        num_queries: int, scale: float, with_history: bool = True):
     """Served vectors (candidates [items, d (+ 1)], queries [num_queries, d (+ 1)]) of a
     synthetic catalogue fitted to the run's embeddings and, with a prior, its log prior
-    (the column times `scale`, the queries' weight over it, as served vectors hold them)."""
+    (the column times `scale`, the queries' weight over it, as served vectors hold them:
+    the weight of requests with a history, or without one)."""
     embeddings = gaussian_like(candidates, items, seed=0)
     asked = gaussian_like(queries, num_queries, seed=1)
     if run.prior.off:
@@ -66,7 +68,8 @@ def synthetic_catalogue(run, candidates: np.ndarray, queries: np.ndarray, items:
     share = np.exp(real[np.random.default_rng(2).integers(0, len(real), items)])
     log_prior = np.log(share / share.sum())
     return (with_prior(embeddings, scale * log_prior),
-            with_prior(asked, np.full(num_queries, run.prior.weight_with_history / scale)))
+            with_prior(asked, np.full(num_queries, run.prior.query_weights(
+                np.array([with_history]))[0] / scale)))
 
 
 def timed(fn, repeats: int = 1):
@@ -112,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--plot", default="benchmarks/results/index/recall_qps.png",
                         help="where to draw recall@10 against QPS (PNG)")
+    parser.add_argument("--out", default="benchmarks/results/index/result.json",
+                        help="where to write the figures (JSON)")
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -132,10 +137,15 @@ def main(argv=None):
         sweep = sorted({max(1, leaves // d) for d in (100, 50, 33, 20, 10)})
         rows, exact_qps, build = compare("synthetic catalogue", synthetic, synthetic_queries,
                                          sweep)
+        others = {}
         if not run.prior.off:
-            compare("synthetic catalogue, the prior's column unscaled",
-                    *synthetic_catalogue(run, embeddings, asked_embeddings[asked_with_history],
-                                         args.items, args.queries, scale=1.0))
+            for name, scale, with_history in (
+                    ("requests without a history", run.prior.column_scale, False),
+                    ("the prior's column unscaled", 1.0, True)):
+                others[name] = compare(
+                    f"synthetic catalogue, {name}", *synthetic_catalogue(
+                        run, embeddings, asked_embeddings[asked_with_history], args.items,
+                        args.queries, scale, with_history))[0][0][1]
     good = [r for r in rows if r[1] >= 0.95]
     if good:
         leaves, recall, qps = max(good, key=lambda r: r[2])
@@ -146,6 +156,15 @@ def main(argv=None):
     path = plot_recall_qps(rows, exact_qps, Path(args.plot),
                            f"{args.items:,} synthetic items, k={K}")
     print(f"wrote {path}")
+    Path(args.out).write_text(json.dumps({
+        "items": args.items, "queries": args.queries, "k": K,
+        "settings": scann_settings(args.items, k=K), "build_seconds": round(build, 1),
+        "exact_qps": round(exact_qps), "sweep": [
+            {"leaves_searched": leaves, "recall_at_10": round(recall, 4),
+             "qps_over_exact": round(qps / exact_qps, 1)} for leaves, recall, qps in rows],
+        "recall_at_10_at_the_default_setting": {k: round(v, 4) for k, v in others.items()},
+    }, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

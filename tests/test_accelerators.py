@@ -109,7 +109,7 @@ def test_strategy_chooser_picks_for_the_devices_present():
 
 @pytest.mark.parametrize("key,value,message", [
     ("training.strategy", "gpu", "training.strategy: 'gpu' is not one of auto, default, "
-                                 "mirrored, tpu"),
+                                 "mirrored, tpu, multi_worker"),
     ("training.jit_compile", 1, "config.training.jit_compile: expected bool or str, got 1"),
     ("training.mixed_precision", "float16",
      "training.mixed_precision: 'float16' is not one of null, mixed_float16, mixed_bfloat16"),
@@ -119,6 +119,19 @@ def test_bad_accelerator_settings_are_config_errors(movielens_slice, tmp_path, k
     with pytest.raises(ConfigError) as error:
         slice_config(movielens_slice, tmp_path, **{key: value})
     assert str(error.value) == message
+
+
+def test_multi_worker_without_a_cluster_is_a_one_line_cli_error(movielens_slice, tmp_path,
+                                                                capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(to_dict(slice_config(movielens_slice, tmp_path))))
+    assert main(["train", "--config", str(config_path), "--set",
+                 "training.strategy=multi_worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("towerrec train: error: training.strategy is 'multi_worker' but "
+                          "TF_CONFIG names no cluster and task, e.g. TF_CONFIG=")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_asking_for_a_tpu_without_one_is_a_one_line_cli_error(movielens_slice, tmp_path,

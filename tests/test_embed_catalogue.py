@@ -55,7 +55,7 @@ def test_beam_embeddings_equal_the_in_process_ones(beam_run):
     run, _, _ = beam_run
     output = run.config.run_path / EMBEDDINGS_DIR
     assert len(list(output.glob("part-*"))) >= 1
-    np.testing.assert_allclose(read_embeddings(output, run.catalogue["item_id"]),
+    np.testing.assert_allclose(read_embeddings(str(output), run.catalogue["item_id"]),
                                candidate_embeddings(run), atol=1e-5)
 
 
@@ -91,4 +91,26 @@ def test_shards_that_are_not_the_catalogue_are_refused(beam_run, tmp_path):
     frame = pd.concat([pd.read_parquet(s) for s in shards])
     frame.iloc[1:].to_parquet(tmp_path / "part-0.parquet")
     with pytest.raises(DataError, match="1 catalogue item\\(s\\) missing"):
-        read_embeddings(tmp_path, run.catalogue["item_id"])
+        read_embeddings(str(tmp_path), run.catalogue["item_id"])
+
+
+def test_an_export_of_another_model_is_refused(beam_run, capsys):
+    run, base, folder = beam_run
+    # The run's weights are newer than the export it would embed with.
+    (run.config.run_path / "model" / "weights.index").touch()
+    code = main(["embed-catalogue", "--config", str(folder / "config.yaml"),
+                 "--model-base-path", str(base)])
+    assert code == 2
+    assert "was not exported from the run's model as it is now" in capsys.readouterr().err
+
+
+def test_a_bad_items_file_is_a_one_line_error(beam_run, tmp_path, capsys):
+    _, base, folder = beam_run
+    export_models(beam_run[0], base, models=["candidate_tower"])  # newer than the weights
+    (tmp_path / "items.csv").write_text("item_id,title,genres,year\n1,,Drama,1999\n")
+    code = main(["embed-catalogue", "--config", str(folder / "config.yaml"),
+                 "--model-base-path", str(base), "--items", str(tmp_path / "items.csv")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "the Beam pipeline failed: " in err and "has an empty title" in err, err
+    assert "Traceback" not in err

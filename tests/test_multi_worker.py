@@ -9,12 +9,14 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import to_dict
 from towerrec.evaluation.evaluate import evaluate_split
+from towerrec.training.calibrate import calibrate_prior
 from towerrec.training.run import load_run
 from towerrec.training.train import BACKUP_DIR, train
 
@@ -66,6 +68,14 @@ class Cluster:
         self.workers = []
         return codes, [p.read_text() for p in self.logs]
 
+    def run(self, attempt: str, timeout: float = 900):
+        """Starts both workers and waits for them: (exit codes, logs)."""
+        self.start(attempt)
+        try:
+            return self.wait(timeout)
+        finally:
+            self.kill()
+
     def kill(self):
         for w in self.workers:
             if w.poll() is None:
@@ -91,30 +101,43 @@ def cluster_config(tiny_encoder_dir, movielens_slice, tmp_path):
     return make
 
 
+def calibrate_run(run):
+    calibrate_prior(run)
+    return run
+
+
 def _losses(log: str):
     return [float(x) for x in re.findall(r" - loss: ([0-9.]+)", log)]
 
 
 def test_two_workers_train_one_model_as_one_process_does(cluster_config, tmp_path):
-    config, path = cluster_config("together", epochs=3)
-    cluster = Cluster(path, tmp_path).start("train")
-    try:
-        codes, logs = cluster.wait(timeout=900)
-    finally:
-        cluster.kill()
+    # With the item prior's calibration: a second training, on a validation split.
+    config, path = cluster_config("together", epochs=3, **{"prior.calibrate": True})
+    codes, logs = Cluster(path, tmp_path).run("train")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "MultiWorkerMirroredStrategy (worker 0, chief), 2 replicas" in logs[0]
     assert "MultiWorkerMirroredStrategy (worker 1), 2 replicas" in logs[1]
     losses = _losses(logs[0])
     assert len(losses) == 3 and losses[-1] < 0.97 * losses[0], losses
-    # The chief wrote the run, and deleted the backup when training ended well.
+    # The chief wrote the run, and deleted the backup when training ended well; the other
+    # worker wrote its own copy, and said so.
     assert (config.run_path / "model" / "weights.index").exists()
+    assert (config.run_path / "model" / "prior.json").exists()
+    assert "trained in" in logs[1] and "as a worker; the chief wrote the run" in logs[1]
+    own = (Path(tempfile.gettempdir()) / "towerrec-worker-1"
+           / os.path.abspath(config.run_path).lstrip("/"))
+    assert (own / "model" / "weights.index").exists()
+    # Its encoder: the chief's SavedModels, a cache of its own.
+    assert (own / "encoder" / "encoder").is_symlink()
+    cache = own / "encoder" / "embedding_cache"
+    assert cache.is_dir() and not cache.is_symlink()
     assert not [p for p in (config.run_path / BACKUP_DIR).rglob("*") if p.is_file()]
     together = evaluate_split(load_run(config), "warm")
 
     # One process, the same global batch and epochs.
-    alone_config, _ = cluster_config("alone", epochs=3, **{"training.strategy": "default"})
-    alone = evaluate_split(train(alone_config, verbose=0), "warm")
+    alone_config, _ = cluster_config("alone", epochs=3, **{"training.strategy": "default",
+                                                           "prior.calibrate": True})
+    alone = evaluate_split(calibrate_run(train(alone_config, verbose=0)), "warm")
     print({"two workers": together, "one process": alone})
     se = np.hypot(together["ndcg_at_10_se"], alone["ndcg_at_10_se"])
     assert abs(together["ndcg_at_10"] - alone["ndcg_at_10"]) < 2 * se
@@ -144,11 +167,7 @@ def test_a_killed_worker_stops_the_cluster_and_a_restart_resumes_from_the_backup
     assert "/job:worker/replica:0/task:1" in log  # which worker is gone
     assert "Traceback" not in log
 
-    cluster = Cluster(path, tmp_path).start("restart")
-    try:
-        codes, logs = cluster.wait(timeout=900)
-    finally:
-        cluster.kill()
+    codes, logs = Cluster(path, tmp_path).run("restart")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     resumed = re.search(r"resumed from the backup: training continues at epoch (\d+)", logs[0])
     assert resumed and int(resumed.group(1)) >= 3, logs[0][-3000:]

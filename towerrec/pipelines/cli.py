@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -25,7 +26,12 @@ def _train(args) -> int:
 
     config = load_config(args.config, _overrides(args))
     started = time.time()
-    calibrate_prior(train(config))
+    run = train(config)
+    calibrate_prior(run)
+    if run.config.run_path != config.run_path:  # a worker that is not the chief
+        print(f"trained in {time.time() - started:.0f}s as a worker; the chief wrote the run "
+              f"({config.run_path}), this worker its own copy ({run.config.run_path})")
+        return 0
     print(f"trained in {time.time() - started:.0f}s; model in {config.run_path / 'model'}, "
           f"TensorBoard logs in {config.run_path / 'logs'}")
     if args.evaluate:
@@ -122,7 +128,13 @@ def _add_items(args) -> int:
 
 
 def _embed_catalogue(args) -> int:
-    from towerrec.export.publish import served_version
+    from towerrec.export.publish import (
+        MODEL_WEIGHTS,
+        exclusive,
+        provenance_run_dir,
+        run_lock,
+        served_version,
+    )
     from towerrec.pipelines.embed_catalogue import (
         EMBEDDINGS_DIR,
         embed_catalogue,
@@ -131,24 +143,38 @@ def _embed_catalogue(args) -> int:
     )
     from towerrec.training.run import load_run
 
-    config = _run_config(args)
     base_path = Path(args.model_base_path)
-    model = served_version(base_path / "candidate_tower")
-    if model is None:
-        raise ConfigError(f"no candidate_tower under {base_path}: run `towerrec export "
-                          f"--model-base-path {base_path}` first")
-    items = args.items or config.data.items
-    if not items:
-        raise ConfigError("--items: the items file(s) to embed (a glob), in the columns of "
-                          f"the config's source ({config.data.source})")
-    output = Path(args.output or config.run_path / EMBEDDINGS_DIR)
-    beam_args = ["--runner", args.runner, *[a for a in args.beam_args if a != "--"]]
-    with stage(f"embed catalogue on Beam ({args.runner})") as record:
-        record["shards"] = embed_catalogue(config, items, model, output, beam_args)
-    run = load_run(config)
-    with stage("index from the embeddings", items=len(run.catalogue["item_id"])):
-        built = index_from_embeddings(run, read_embeddings(output, run.catalogue["item_id"]),
-                                      base_path if args.publish else None)
+    # The served models must not move while their candidate_tower embeds the catalogue.
+    with exclusive(base_path, create=False) if args.publish else contextlib.nullcontext():
+        config = _run_config(args)
+        model = served_version(base_path / "candidate_tower")
+        if model is None:
+            raise ConfigError(f"no candidate_tower under {base_path}: run `towerrec export "
+                              f"--model-base-path {base_path}` first")
+        weights = config.run_path / MODEL_WEIGHTS
+        exported_from = provenance_run_dir(model)
+        if (exported_from is None or exported_from.resolve() != config.run_path.resolve()
+                or (weights.exists() and weights.stat().st_mtime
+                    > (model / "saved_model.pb").stat().st_mtime)):
+            raise ConfigError(f"{model} was not exported from the run's model as it is now "
+                              f"({config.run_path}): run `towerrec export --config ... "
+                              f"--model-base-path {base_path}` first, so that the index "
+                              "and the query tower match the embeddings")
+        items = args.items or config.data.items
+        if not items:
+            raise ConfigError("--items: the items file(s) to embed (a glob), in the columns "
+                              f"of the config's source ({config.data.source})")
+        output = args.output or str(config.run_path / EMBEDDINGS_DIR)
+        beam_args = ["--runner", args.runner, *[a for a in args.beam_args if a != "--"]]
+        with run_lock(config.run_path):
+            with stage(f"embed catalogue on Beam ({args.runner})") as record:
+                record["shards"] = embed_catalogue(config, items, str(model), output,
+                                                   beam_args)
+            run = load_run(config)
+            with stage("index from the embeddings", items=len(run.catalogue["item_id"])):
+                built = index_from_embeddings(
+                    run, read_embeddings(output, run.catalogue["item_id"]),
+                    base_path if args.publish else None)
     print(f"embedded {len(run.catalogue['item_id'])} items with {model} into {output}; "
           f"index rebuilt: {built['index']}")
     for name, path in built["exports"].items():

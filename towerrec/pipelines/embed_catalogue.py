@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
-from towerrec.config import Config
+from towerrec.config import Config, ConfigError
 from towerrec.data.dataset import DataError
 from towerrec.data.sources import catalogue_items
 
@@ -61,7 +61,8 @@ def candidate_tower_handler(model_dir: str):
     from apache_beam.ml.inference.base import PredictionResult
     from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerTensor
 
-    def embed(model, batch: Sequence[Dict], inference_args=None, model_id=None):
+    def embed(model, batch: Sequence[Any], inference_args: Dict[str, Any],
+              model_id: Optional[str] = None) -> Iterable[PredictionResult]:
         import tensorflow as tf
 
         signature = model.signatures["serving_default"]
@@ -83,43 +84,75 @@ def candidate_tower_handler(model_dir: str):
     return CandidateTowerHandler(model_dir, inference_fn=embed, max_batch_size=MAX_BATCH)
 
 
-def embed_catalogue(config: Config, items: str, model_dir: Path, output: Path,
+def _shards(output: str) -> List[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(output, f"{SHARD_PREFIX}-*")
+    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+def embed_catalogue(config: Config, items: str, model_dir: str, output: str,
                     beam_args: Optional[List[str]] = None) -> int:
     """Runs the Beam pipeline: `items` (a glob) embedded by the candidate_tower SavedModel
-    in `model_dir`, written as Parquet shards under `output`. Returns the shards' count."""
-    import apache_beam as beam
+    in `model_dir`, written as Parquet shards under `output` (both on any filesystem Beam
+    reads: on a cluster, storage every worker reaches). Returns the shards' count; a
+    DataError naming the first failure when the pipeline fails."""
+    try:
+        import apache_beam as beam
+    except ImportError:
+        raise ConfigError("embed-catalogue needs Apache Beam: pip install 'towerrec[beam]' "
+                          "(make setup installs it)") from None
     import pyarrow as pa
     from apache_beam.io import fileio
+    from apache_beam.io.filesystems import FileSystems
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    output.mkdir(parents=True, exist_ok=True)
-    for old in output.glob(f"{SHARD_PREFIX}-*"):
-        old.unlink()  # shards of an earlier run would be read back with these
+    old = _shards(output)
+    if old:  # shards of an earlier run would be read back with these
+        FileSystems.delete(old)
     schema = pa.schema([("item_id", pa.string()), (EMBEDDING, pa.list_(pa.float32()))])
-    with beam.Pipeline(options=PipelineOptions(beam_args or [])) as pipeline:
-        _ = (pipeline
-             | "match items" >> fileio.MatchFiles(items)
-             | "open" >> fileio.ReadMatches()
-             | "read items" >> beam.FlatMap(read_items, config)
-             # Spread the items over the workers: a file is read by one worker.
-             | "spread" >> beam.Reshuffle()
-             | "embed" >> RunInference(candidate_tower_handler(str(model_dir)))
-             | "to rows" >> beam.Map(lambda result: {
-                 "item_id": result.example["item_id"],
-                 EMBEDDING: np.asarray(result.inference, np.float32).tolist()})
-             | "write shards" >> beam.io.WriteToParquet(
-                 str(output / SHARD_PREFIX), schema, file_name_suffix=".parquet"))
-    return len(list(output.glob(f"{SHARD_PREFIX}-*")))
+    try:
+        with beam.Pipeline(options=PipelineOptions(beam_args or [])) as pipeline:
+            _ = (pipeline
+                 | "match items" >> fileio.MatchFiles(items)
+                 | "open" >> fileio.ReadMatches()
+                 | "read items" >> beam.FlatMap(read_items, config)
+                 # Spread the items over the workers: a file is read by one worker.
+                 | "spread" >> beam.Reshuffle()
+                 | "embed" >> RunInference(candidate_tower_handler(model_dir))
+                 | "to rows" >> beam.Map(lambda result: {
+                     "item_id": result.example["item_id"],
+                     EMBEDDING: np.asarray(result.inference, np.float32).tolist()})
+                 | "write shards" >> beam.io.WriteToParquet(
+                     FileSystems.join(output, SHARD_PREFIX), schema,
+                     file_name_suffix=".parquet"))
+    except Exception as e:  # a worker's error comes back wrapped in the runner's
+        raise DataError(f"the Beam pipeline failed: {_first_cause(e)}") from None
+    return len(_shards(output))
 
 
-def read_embeddings(output: Path, catalogue_ids) -> np.ndarray:
+def _first_cause(error: BaseException) -> str:
+    """The line of a Beam failure that says what went wrong (a worker's DataError, a file
+    not found), without the runner's stack traces."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for marker in ("DataError: ", "FileNotFoundError: ", "Error: "):
+        for line in lines:
+            if marker in line:
+                return line.split(marker, 1)[1][:500]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+def read_embeddings(output: str, catalogue_ids) -> np.ndarray:
     """The shards under `output` -> float32 [catalogue, d] in the order of `catalogue_ids`;
     a DataError unless they hold each catalogue item exactly once."""
-    shards = sorted(Path(output).glob(f"{SHARD_PREFIX}-*"))
+    from apache_beam.io.filesystems import FileSystems
+
+    shards = _shards(output)
     if not shards:
         raise DataError(f"no embedding shards in {output}")
-    frame = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+    frame = pd.concat([pd.read_parquet(io.BytesIO(FileSystems.open(s).read()))
+                       for s in shards], ignore_index=True)
     repeated = frame["item_id"][frame["item_id"].duplicated()]
     if len(repeated):
         raise DataError(f"the shards in {output} embed item_id {repeated.iloc[0]!r} twice")

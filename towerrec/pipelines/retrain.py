@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.config import Config, DataConfig
+from towerrec.config import Config, ConfigError, DataConfig
 from towerrec.data.dataset import (
     ADDED_INTERACTIONS,
     ADDED_ITEMS,
@@ -219,6 +219,11 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
             base_path: Path = Path("models"), verbose: int = 2) -> Dict:
     """Retrains on new data and publishes through the gate. Returns {"published": {model:
     version path} (empty when refused), "metrics": {...}, "generation": path}."""
+    if config.training.strategy == "multi_worker":
+        # Every worker would take the base path's lock, and wait there for the others.
+        raise ConfigError("retrain runs on one host: training.strategy 'multi_worker' is for "
+                          "`towerrec train`; retrain with another (e.g. --set "
+                          "training.strategy=auto)")
     started = time.time()
     base_path = Path(base_path)
     interactions = read_new_interactions(new_interactions, config)

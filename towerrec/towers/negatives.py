@@ -42,14 +42,18 @@ def global_batch(tensors: Sequence[Optional[tf.Tensor]]) -> Tuple[Optional[tf.Te
         rows = tf.shape(everything, out_type=tf.int32)[0]
         offset = (tf.cast(context.replica_id_in_sync_group, tf.int32)
                   * tf.shape(x, out_type=tf.int32)[0])
-        order = (tf.range(rows) + offset) % rows
-        if not x.dtype.is_floating:  # ids: nothing to differentiate
-            return tf.gather(everything, order)
-        # A permutation matrix, not tf.gather (all_gather's gradient takes dense tensors
-        # only) nor tf.roll (XLA needs its shift at compile time; a TPU's replica id is a
-        # tensor). [rows, rows] at a global batch of thousands is cheap beside the towers.
-        flat = tf.reshape(everything, [rows, -1])
-        return tf.reshape(tf.matmul(tf.one_hot(order, rows, dtype=x.dtype), flat),
-                          tf.shape(everything))
+        return _permuted(everything, (tf.range(rows) + offset) % rows,
+                         (tf.range(rows) - offset) % rows)
 
     return tuple(gather(x) for x in tensors)
+
+
+@tf.custom_gradient
+def _permuted(x, order, inverse):
+    """x [rows, ...] -> x[order], exactly (no matmul: TF32 on GPUs and TPUs' matmuls would
+    round it), with a dense gradient dy[inverse] (all_gather's gradient takes dense
+    tensors only; tf.gather's own is sparse). `inverse` undoes `order`. Not tf.roll: XLA
+    needs its shift at compile time, and a TPU's replica id is a tensor."""
+    def gradient(dy):
+        return tf.gather(dy, inverse), None, None
+    return tf.gather(x, order), gradient

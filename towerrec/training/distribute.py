@@ -25,7 +25,6 @@ from towerrec.config import STRATEGIES, ConfigError
 import tensorflow as tf
 
 
-@functools.lru_cache(maxsize=None)
 def choose_strategy(name: str = "auto",
                     worker_timeout_seconds: float = 600.0) -> tf.distribute.Strategy:
     """training.strategy -> a strategy; one per name and process (a TPU is initialized
@@ -35,6 +34,11 @@ def choose_strategy(name: str = "auto",
         raise ConfigError(f"training.strategy: '{name}' is not one of {', '.join(STRATEGIES)}")
     if name == "multi_worker":
         return _multi_worker(worker_timeout_seconds)
+    return _one_host(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _one_host(name: str) -> tf.distribute.Strategy:
     if name in ("auto", "tpu"):
         resolver = _tpu_resolver()
         if resolver is not None:
@@ -53,6 +57,7 @@ def choose_strategy(name: str = "auto",
     return tf.distribute.get_strategy()
 
 
+@functools.lru_cache(maxsize=None)
 def _multi_worker(timeout_seconds: float) -> tf.distribute.Strategy:
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")

@@ -115,6 +115,20 @@ def _what_failed(error: tf.errors.OpError) -> str:
     return lines[-1] if lines else "no message"
 
 
+def _chiefs_encoder(chiefs: Path, own: Path) -> Optional[Path]:
+    """A non-chief worker's encoder folder: links to the chief's exported encoder, when it
+    has one (all workers must encode alike), and a cache of its own (the chief's is not
+    this worker's to write). None: the worker exports the configured preset itself."""
+    if not (chiefs / "encoder").exists():
+        return None
+    own.mkdir(parents=True, exist_ok=True)
+    for part in chiefs.iterdir():
+        link = own / part.name
+        if part.name != "embedding_cache" and not link.exists():
+            link.symlink_to(part.resolve())
+    return own
+
+
 class _ResumeReport(tf.keras.callbacks.Callback):
     """Says when training resumes from a backup (BackupAndRestore) instead of epoch 1."""
 
@@ -197,11 +211,10 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     t = config.training
     strategy = choose_strategy(t.strategy, t.worker_timeout_seconds)
     own, shared = worker_paths(config.run_path, strategy)
-    # A non-chief worker: its own folder; the chief's encoder, when it has one.
-    if own != config.run_path:
+    if own != config.run_path:  # a non-chief worker: its own folder
         config = dataclasses.replace(config, run_dir=str(own))
-        if encoder_dir is None and (shared / "encoder" / "encoder").exists():
-            encoder_dir = shared / "encoder"  # its cache takes several writers
+        if encoder_dir is None:
+            encoder_dir = _chiefs_encoder(shared / "encoder", own / "encoder")
     xla = use_xla(t.jit_compile, strategy)
     if t.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"training.batch_size {t.batch_size} does not split evenly over "
