@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
-from towerrec.config import to_dict
+from towerrec.config import ConfigError, to_dict
 from towerrec.evaluation.evaluate import evaluate_split
-from towerrec.training.calibrate import calibrate_prior
 from towerrec.training.run import load_run
 from towerrec.training.train import BACKUP_DIR, train
 
@@ -101,18 +100,12 @@ def cluster_config(tiny_encoder_dir, movielens_slice, tmp_path):
     return make
 
 
-def calibrate_run(run):
-    calibrate_prior(run)
-    return run
-
-
 def _losses(log: str):
     return [float(x) for x in re.findall(r" - loss: ([0-9.]+)", log)]
 
 
 def test_two_workers_train_one_model_as_one_process_does(cluster_config, tmp_path):
-    # With the item prior's calibration: a second training, on a validation split.
-    config, path = cluster_config("together", epochs=3, **{"prior.calibrate": True})
+    config, path = cluster_config("together", epochs=3)
     codes, logs = Cluster(path, tmp_path).run("train")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "MultiWorkerMirroredStrategy (worker 0, chief), 2 replicas" in logs[0]
@@ -122,7 +115,6 @@ def test_two_workers_train_one_model_as_one_process_does(cluster_config, tmp_pat
     # The chief wrote the run, and deleted the backup when training ended well; the other
     # worker wrote its own copy, and said so.
     assert (config.run_path / "model" / "weights.index").exists()
-    assert (config.run_path / "model" / "prior.json").exists()
     assert "trained in" in logs[1] and "as a worker; the chief wrote the run" in logs[1]
     own = (Path(tempfile.gettempdir()) / "towerrec-worker-1"
            / os.path.abspath(config.run_path).lstrip("/"))
@@ -135,9 +127,8 @@ def test_two_workers_train_one_model_as_one_process_does(cluster_config, tmp_pat
     together = evaluate_split(load_run(config), "warm")
 
     # One process, the same global batch and epochs.
-    alone_config, _ = cluster_config("alone", epochs=3, **{"training.strategy": "default",
-                                                           "prior.calibrate": True})
-    alone = evaluate_split(calibrate_run(train(alone_config, verbose=0)), "warm")
+    alone_config, _ = cluster_config("alone", epochs=3, **{"training.strategy": "default"})
+    alone = evaluate_split(train(alone_config, verbose=0), "warm")
     print({"two workers": together, "one process": alone})
     se = np.hypot(together["ndcg_at_10_se"], alone["ndcg_at_10_se"])
     assert abs(together["ndcg_at_10"] - alone["ndcg_at_10"]) < 2 * se
@@ -181,3 +172,9 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+def test_multi_worker_with_prior_calibration_is_refused(cluster_config, tmp_path):
+    config, _ = cluster_config("calibrated", epochs=1, **{"prior.calibrate": True})
+    with pytest.raises(ConfigError, match="does not calibrate the item prior yet"):
+        train(config, verbose=0)

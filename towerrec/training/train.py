@@ -209,6 +209,11 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     saved with the model (default: the config's, or none when the config asks for it to
     be calibrated, which towerrec.training.calibrate does after training)."""
     t = config.training
+    if t.strategy == "multi_worker" and config.prior.calibrate and prior is None:
+        # Its second training (on a validation split) crashed a worker here (2026-12-04).
+        raise ConfigError("training.strategy 'multi_worker' does not calibrate the item "
+                          "prior yet: set prior.calibrate: false (and the prior's weights and "
+                          "half-life), or calibrate with a one-host run")
     strategy = choose_strategy(t.strategy, t.worker_timeout_seconds)
     own, shared = worker_paths(config.run_path, strategy)
     if own != config.run_path:  # a non-chief worker: its own folder
