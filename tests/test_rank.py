@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.evaluation.evaluate import split_queries
+from towerrec.towers.candidate import CandidateFeatures
 from towerrec.towers.ranking import rerank_order
 from towerrec.towers.ranking_features import NO_ROW, NUM_FEATURES
 from towerrec.training.rank import (
     candidate_lists,
     cooccurrence_neighbours,
     hold_out_last,
+    item_attributes,
     list_features,
     load_ranker,
     ranking_features,
@@ -17,6 +19,8 @@ from towerrec.training.rank import (
     train_ranker,
 )
 from towerrec.training.train import train
+
+import types
 
 import numpy as np
 import pytest
@@ -117,3 +121,21 @@ def test_weighted_mean_is_the_contraction_it_replaced():
         values = tf.constant(rng.standard_normal((3, 5, 7)), dtype)
         expected = tf.einsum("bh,bhd->bd", weights, tf.cast(values, tf.float32))
         np.testing.assert_allclose(weighted_mean(weights, values), expected, atol=1e-5)
+
+
+def test_item_attributes_are_the_candidate_towers_encoding():
+    """The ranker's attribute table is the candidate tower's: an unknown genre sets the
+    unknown column, a missing year its flag; batches join in catalogue order."""
+    preprocess = CandidateFeatures(["i1", "i2", "i3"], {"genres": ["Drama", "Comedy"]},
+                                   {"year": (1990.0, 10.0)})
+    catalogue = {"item_id": np.array(["i1", "i2", "i3"], dtype=object),
+                 "genres": np.array(["Drama|Comedy", "Western", "Comedy"], dtype=object),
+                 "year": np.array([2000.0, np.nan, 1980.0], np.float32)}
+    run = types.SimpleNamespace(
+        catalogue=catalogue,
+        model=types.SimpleNamespace(candidate_tower=types.SimpleNamespace(preprocess=preprocess)))
+    # columns: genres [unknown, Drama, Comedy], year [standardized, missing]
+    expected = np.array([[0, 1, 1, 1, 0],
+                         [1, 0, 0, 0, 1],
+                         [0, 0, 1, -1, 0]], np.float32)
+    np.testing.assert_allclose(item_attributes(run, batch_size=2), expected)

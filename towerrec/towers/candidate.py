@@ -48,12 +48,16 @@ class CandidateFeatures(tf.keras.layers.Layer):
 
     def call(self, features):
         ids = features["item_id"]
+        return {"item_index": self.item_lookup(ids), "item_text": features["item_text"],
+                "attributes": self.attributes(features, tf.shape(ids)[0])}
+
+    def attributes(self, features, batch_size) -> tf.Tensor:
+        """The item attribute columns of `features` -> float32 [batch, n], as `call` gives
+        them (also the ranker's item attribute table)."""
         parts = [layer(features[name]) for name, layer in sorted(self.categorical.items())]
         parts += [layer(features[name]) for name, layer in sorted(self.numeric.items())]
-        attributes = (tf.concat(parts, axis=1) if parts
-                      else tf.zeros([tf.shape(ids)[0], 0], tf.float32))
-        return {"item_index": self.item_lookup(ids), "item_text": features["item_text"],
-                "attributes": attributes}
+        return (tf.concat(parts, axis=1) if parts
+                else tf.zeros([batch_size, 0], tf.float32))
 
 
 class CandidateTower(tf.keras.Model):

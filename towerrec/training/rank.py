@@ -27,8 +27,13 @@ from typing import Dict, Optional, Sequence
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.config import Config
-from towerrec.data.dataset import MULTI_VALUE_SEPARATOR
-from towerrec.data.features import Queries, catalogue_rows, evaluation_queries, sample_users
+from towerrec.data.features import (
+    Queries,
+    catalogue_rows,
+    evaluation_queries,
+    sample_users,
+    utf8,
+)
 from towerrec.data.splits import future_split, hold_out_last, save_splits
 from towerrec.evaluation.evaluate import (
     ranking_metrics,
@@ -69,24 +74,20 @@ class CandidateLists:
     labels: np.ndarray
 
 
-def item_attributes(run: Run) -> np.ndarray:
-    """[catalogue, attributes]: categorical multi-hots and standardized numerics, with the
-    vocabularies and statistics the towers were trained with."""
-    parts = []
-    for column, vocabulary in run.vocabularies.categorical.items():
-        position = {v: i for i, v in enumerate(vocabulary)}
-        hot = np.zeros([len(run.catalogue[column]), len(vocabulary)], np.float32)
-        for row, cell in enumerate(run.catalogue[column]):
-            for value in str(cell).split(MULTI_VALUE_SEPARATOR):
-                if value in position:
-                    hot[row, position[value]] = 1.0
-        parts.append(hot)
-    for column, (mean, std) in run.vocabularies.numeric.items():
-        values = run.catalogue[column].astype(np.float64)
-        parts.append(np.nan_to_num((values - mean) / std)[:, None].astype(np.float32))
-    if not parts:
-        return np.zeros([len(run.catalogue["item_id"]), 0], np.float32)
-    return np.concatenate(parts, axis=1)
+def item_attributes(run: Run, batch_size: int = 1 << 16) -> np.ndarray:
+    """[catalogue, attributes]: the candidate tower's own attribute encoding of every
+    catalogue item (multi-hots with their unknown column, standardized numerics with their
+    missing flag), with the vocabularies and statistics the towers were trained with."""
+    def tensor(values: np.ndarray) -> tf.Tensor:
+        return tf.constant(utf8(values) if values.dtype == object else values)
+
+    preprocess = run.model.candidate_tower.preprocess
+    columns = sorted({*preprocess.categorical, *preprocess.numeric})
+    size = len(run.catalogue["item_id"])
+    return np.concatenate([
+        preprocess.attributes({c: tensor(run.catalogue[c][start:start + batch_size])
+                               for c in columns}, min(batch_size, size - start)).numpy()
+        for start in range(0, max(size, 1), batch_size)])
 
 
 def cooccurrence_neighbours(rows: np.ndarray, users: np.ndarray, num_items: int,
