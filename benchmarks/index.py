@@ -140,7 +140,7 @@ def main(argv=None):
         others = {}
         if not run.prior.off:
             for name, scale, with_history in (
-                    ("requests without a history", run.prior.column_scale, False),
+                    ("the no-history weight (same query vectors)", run.prior.column_scale, False),
                     ("the prior's column unscaled", 1.0, True)):
                 others[name] = compare(
                     f"synthetic catalogue, {name}", *synthetic_catalogue(

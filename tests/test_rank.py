@@ -2,6 +2,8 @@
 items in their slots, and a saved ranker that scores as the trained one did."""
 from __future__ import annotations
 
+import types
+
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.evaluation.evaluate import split_queries
 from towerrec.towers.candidate import CandidateFeatures
@@ -19,8 +21,6 @@ from towerrec.training.rank import (
     train_ranker,
 )
 from towerrec.training.train import train
-
-import types
 
 import numpy as np
 import pytest

@@ -141,9 +141,18 @@ def _embed(tower, features, text_inputs, batch_size: int = 1024) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def candidate_embeddings(run) -> np.ndarray:
-    """[catalogue, embedding_dim] from the candidate tower, in catalogue order."""
-    return _embed(run.model.candidate_tower, run.catalogue, run.text_inputs)
+def candidate_embeddings(run, limit: Optional[int] = None) -> np.ndarray:
+    """[catalogue, embedding_dim] from the candidate tower, in catalogue order (the first
+    `limit` items only, when given)."""
+    catalogue = {name: values[:limit] for name, values in run.catalogue.items()}
+    return _embed(run.model.candidate_tower, catalogue, run.text_inputs)
+
+
+def build_variables(run) -> None:
+    """Creates both towers' variables (before a checkpoint is read into them) by embedding
+    one item and one training query: the catalogue's size does not matter."""
+    candidate_embeddings(run, limit=1)
+    query_embeddings(run, training_queries(run, 1))
 
 
 def query_embeddings(run, queries: Queries) -> np.ndarray:

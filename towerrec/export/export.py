@@ -219,3 +219,19 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
 
 def _scann(module, spec, method: str = "retrieve"):
     return module, getattr(module, method), spec, None, SCANN_SAVE_OPTIONS
+
+
+def index_and_export(run, embeddings: np.ndarray,
+                     model_base_path: Optional[Path] = None) -> Dict:
+    """What `towerrec index` (and, given a base path, `towerrec export`) build, from the
+    catalogue's candidate embeddings [catalogue, d] (computed once, here or by Beam)."""
+    from towerrec.export.index import INDEX_DIR, build_index
+    from towerrec.training.prior import served_candidates
+    from towerrec.training.train import check_finite
+
+    embeddings = check_finite(embeddings, "catalogue embeddings")
+    index = build_index(served_candidates(run, embeddings), run.catalogue["item_id"],
+                        run.config.run_path / INDEX_DIR)
+    exports = (export_models(run, model_base_path, candidate_embeddings=embeddings)
+               if model_base_path else {})
+    return {"index": index, "exports": exports}

@@ -75,13 +75,10 @@ def add_items(config: Config, path: str, model_base_path: Optional[Path] = None)
 
 def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Dict:
     from towerrec.evaluation.evaluate import candidate_embeddings
-    from towerrec.export.export import export_models
-    from towerrec.export.index import INDEX_DIR, build_index
-    from towerrec.training.prior import served_candidates
+    from towerrec.export.export import index_and_export
     from towerrec.training.run import load_run
 
-    run_path = config.run_path
-    added = run_path / ADDED_ITEMS
+    added = config.run_path / ADDED_ITEMS
     previous = pd.read_parquet(added) if added.exists() else None
     catalogue = load_dataset(config).items["item_id"]
     if previous is not None:  # the training catalogue, without the items added since
@@ -106,7 +103,5 @@ def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Di
     # Not a transaction: a kill from here on leaves the items in the run and perhaps not
     # in the served models; the same add-items again (a resume, see read_new_items)
     # rebuilds the index and publishes.
-    index = build_index(served_candidates(run, embeddings), run.catalogue["item_id"],
-                        run_path / INDEX_DIR)
-    exports = export_models(run, model_base_path) if model_base_path else {}
-    return {"items": new, "resumed": resumed, "index": index, "exports": exports, "run": run}
+    built = index_and_export(run, embeddings, model_base_path)
+    return {"items": new, "resumed": resumed, **built, "run": run}

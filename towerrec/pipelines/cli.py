@@ -128,6 +128,7 @@ def _add_items(args) -> int:
 
 
 def _embed_catalogue(args) -> int:
+    from towerrec.export.export import index_and_export
     from towerrec.export.publish import (
         MODEL_WEIGHTS,
         exclusive,
@@ -138,7 +139,6 @@ def _embed_catalogue(args) -> int:
     from towerrec.pipelines.embed_catalogue import (
         EMBEDDINGS_DIR,
         embed_catalogue,
-        index_from_embeddings,
         read_embeddings,
     )
     from towerrec.training.run import load_run
@@ -172,7 +172,7 @@ def _embed_catalogue(args) -> int:
                                                    beam_args)
             run = load_run(config)
             with stage("index from the embeddings", items=len(run.catalogue["item_id"])):
-                built = index_from_embeddings(
+                built = index_and_export(
                     run, read_embeddings(output, run.catalogue["item_id"]),
                     base_path if args.publish else None)
     print(f"embedded {len(run.catalogue['item_id'])} items with {model} into {output}; "

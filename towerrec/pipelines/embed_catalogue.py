@@ -16,7 +16,6 @@ with a model base path, new versions of the exports), from these embeddings.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from towerrec.config import Config, ConfigError
@@ -166,20 +165,3 @@ def read_embeddings(output: str, catalogue_ids) -> np.ndarray:
             f"{list(unknown[:3])}; new items join with `towerrec add-items`)")
     rows = ids.get_indexer(catalogue)
     return np.stack(frame[EMBEDDING].to_numpy()[rows]).astype(np.float32)
-
-
-def index_from_embeddings(run, embeddings: np.ndarray,
-                          model_base_path: Optional[Path] = None) -> Dict:
-    """What `towerrec index` (and, given a base path, `towerrec export`) build, from
-    candidate embeddings [catalogue, d] computed elsewhere."""
-    from towerrec.export.export import export_models
-    from towerrec.export.index import INDEX_DIR, build_index
-    from towerrec.training.prior import served_candidates
-    from towerrec.training.train import check_finite
-
-    embeddings = check_finite(embeddings, "catalogue embeddings")
-    index = build_index(served_candidates(run, embeddings), run.catalogue["item_id"],
-                        run.config.run_path / INDEX_DIR)
-    exports = (export_models(run, model_base_path, candidate_embeddings=embeddings)
-               if model_base_path else {})
-    return {"index": index, "exports": exports}

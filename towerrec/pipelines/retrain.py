@@ -36,6 +36,7 @@ from towerrec.data.dataset import (
     read_table,
 )
 from towerrec.data.splits import hold_out_last, save_splits
+from towerrec.evaluation.evaluate import build_variables
 from towerrec.export.export import export_models
 from towerrec.export.publish import (
     discard,
@@ -97,24 +98,14 @@ def extend_vocabularies(old: Vocabularies, train_split: pd.DataFrame) -> Vocabul
                                item_ids=extended(old.item_ids, train_split["item_id"]))
 
 
-def _build(run: Run) -> None:
-    from towerrec.evaluation.evaluate import (
-        candidate_embeddings,
-        query_embeddings,
-        training_queries,
-    )
-    candidate_embeddings(run)
-    query_embeddings(run, training_queries(run, 1))
-
-
 def warm_start_from(previous: Run):
     """A `train(warm_start=...)` hook: copies every weight of `previous`; a table that grew
     (new ids) keeps its old rows, and its new rows start as the unknown-id row."""
     from towerrec.towers.features import OOV_INDEX
 
     def initialize(run: Run) -> None:
-        _build(previous)
-        _build(run)
+        build_variables(previous)
+        build_variables(run)
         old_variables, new_variables = previous.model.variables, run.model.variables
         if len(old_variables) != len(new_variables):
             raise DataError("the published model's structure differs from this config's: "

@@ -40,8 +40,12 @@ def global_batch(tensors: Sequence[Optional[tf.Tensor]]) -> Tuple[Optional[tf.Te
         with tf.device(device):
             everything = context.all_gather(tf.identity(x), axis=0)
         rows = tf.shape(everything, out_type=tf.int32)[0]
-        offset = (tf.cast(context.replica_id_in_sync_group, tf.int32)
-                  * tf.shape(x, out_type=tf.int32)[0])
+        local_rows = tf.shape(x, out_type=tf.int32)[0]
+        # The offset below holds only for equal shares (training drops the last batch).
+        tf.debugging.assert_equal(
+            rows, local_rows * context.num_replicas_in_sync,
+            message="global negatives need the same batch size on every replica")
+        offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * local_rows
         return _permuted(everything, (tf.range(rows) + offset) % rows,
                          (tf.range(rows) - offset) % rows)
 

@@ -68,10 +68,15 @@ def _multi_worker(timeout_seconds: float) -> tf.distribute.Strategy:
             "training.strategy is 'multi_worker' but TF_CONFIG names no cluster and task, "
             'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
             '"task": {"type": "worker", "index": 0}}\' on the first worker')
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=timeout_seconds))
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=timeout_seconds))
+    except (ValueError, TypeError, AttributeError, tf.errors.OpError) as e:
+        # A task index past the worker list, a task type the cluster lacks, a port in use.
+        raise ConfigError(f"TF_CONFIG cannot start this worker: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
@@ -86,14 +91,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def worker_paths(run_path: Path, strategy: tf.distribute.Strategy) -> Tuple[Path, Path]:
     """(where this process writes its run, the chief's run folder that every worker shares):
     the run folder twice on the chief; on another worker its own folder under the system's
-    temporary folder, the same on every restart. A path already under it (a run nested in
-    a non-chief's, as calibration's) maps back to the chief's path."""
+    temporary folder, the same on every restart."""
     if not is_multi_worker(strategy) or is_chief(strategy):
         return run_path, run_path
     resolver = strategy.cluster_resolver
     root = Path(tempfile.gettempdir()) / f"towerrec-{resolver.task_type}-{resolver.task_id}"
-    path = Path(os.path.abspath(run_path))
-    shared = Path("/") / path.relative_to(root) if path.is_relative_to(root) else path
+    shared = Path(os.path.abspath(run_path))
     return root / shared.relative_to("/"), shared
 
 

@@ -14,7 +14,7 @@ from towerrec.data.dataset import MULTI_VALUE_SEPARATOR, Dataset
 from towerrec.data.features import TextInputs, catalogue_features
 from towerrec.data.sources import load_dataset
 from towerrec.data.splits import get_splits
-from towerrec.evaluation.evaluate import candidate_embeddings
+from towerrec.evaluation.evaluate import build_variables
 from towerrec.stages import stage
 from towerrec.towers.features import numeric_stats
 from towerrec.towers.retrieval import TwoTowerModel, Vocabularies, build_two_tower
@@ -160,7 +160,7 @@ def load_run(config: Config, encoder_dir: Optional[Path] = None) -> Run:
     # JSON gives each (mean, std) as a list.
     vocabularies.numeric = {k: (mean, std) for k, (mean, std) in vocabularies.numeric.items()}
     run = prepare(config, encoder_dir, vocabularies=vocabularies)
-    candidate_embeddings(run)  # builds the variables before they are restored
+    build_variables(run)
     status = tf.train.Checkpoint(model=run.model).read(str(directory / "weights"))
     status.expect_partial()
     run.prior = load_prior(directory, config.prior)
