@@ -9,7 +9,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,14 +51,18 @@ class Cluster:
         addresses = [f"127.0.0.1:{p}" for p in _free_ports(2)]
         self.logs = []
         for index in range(2):
-            env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CONFIG=json.dumps({
-                "cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}))
-            log = (self.folder / f"{attempt}-worker{index}.log").open("w")
-            self.logs.append(Path(log.name))
-            self.workers.append(subprocess.Popen(
-                [sys.executable, "-m", "towerrec.pipelines.cli", "train",
-                 "--config", str(self.config_path)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            # TMPDIR: a non-chief's copy of the run goes under the test's folder.
+            env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(self.folder),
+                       TF_CONFIG=json.dumps({
+                           "cluster": {"worker": addresses},
+                           "task": {"type": "worker", "index": index}}))
+            log = self.folder / f"{attempt}-worker{index}.log"
+            self.logs.append(log)
+            with log.open("w") as out:  # the child holds its own copy of the descriptor
+                self.workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "towerrec.pipelines.cli", "train",
+                     "--config", str(self.config_path)],
+                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
         return self
 
     def wait(self, timeout: float):
@@ -116,7 +119,7 @@ def test_two_workers_train_one_model_as_one_process_does(cluster_config, tmp_pat
     # worker wrote its own copy, and said so.
     assert (config.run_path / "model" / "weights.index").exists()
     assert "trained in" in logs[1] and "as a worker; the chief wrote the run" in logs[1]
-    own = (Path(tempfile.gettempdir()) / "towerrec-worker-1"
+    own = (tmp_path / "towerrec-worker-1"
            / os.path.abspath(config.run_path).lstrip("/"))
     assert (own / "model" / "weights.index").exists()
     # Its encoder: the chief's SavedModels, a cache of its own.
