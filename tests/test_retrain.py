@@ -3,6 +3,7 @@ a worse model is refused; bad data stops before training; SIGKILL loses nothing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -101,13 +102,23 @@ def _newest(base: Path):
             if (base / name).exists()}
 
 
+def _version_folders(base: Path):
+    return [base / m / str(v) for m in MODELS if (base / m).exists()
+            for v in versions(base / m)]
+
+
 def _load_every_version(base: Path):
+    """Loads every version under `base` in a fresh process (fails if one does not load)."""
     code = ("import sys, pathlib, tensorflow as tf, tensorflow_text, scann\n"
             "for d in sys.argv[1:]: tf.saved_model.load(d).signatures['serving_default']\n")
-    folders = [str(base / m / str(v)) for m in MODELS if (base / m).exists()
-               for v in versions(base / m)]
-    subprocess.run([sys.executable, "-c", code, *folders], check=True, cwd=REPO)
-    return folders
+    subprocess.run([sys.executable, "-c", code, *map(str, _version_folders(base))],
+                   check=True, cwd=REPO)
+
+
+def _contents(folders):
+    """{file: sha1 of its bytes} of every file under `folders`."""
+    return {path: hashlib.sha1(path.read_bytes()).hexdigest()
+            for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_retrain_publishes_and_the_server_serves_new_items(published, data):
@@ -272,12 +283,12 @@ def _kill_when_paused(process, where: str) -> str:
 
 def test_sigkill_at_any_stage_loses_nothing(published, data):
     _, base, config_path = published
-    published = _load_every_version(base)
+    published = _version_folders(base)
+    before = _contents(published)
     # Inside model.fit; while versions are being staged; between two publishing renames.
     for where in ("fit", "staging", "published query_tower"):
         _kill_when_paused(_retrain_process(config_path, base, data, where), where)
-        now = _load_every_version(base)  # every published version still loads
-        assert set(published) <= set(now), where
+        assert _contents(published) == before, where  # byte for byte; all load at the end
     assert _newest(base)["query_tower"] == 2  # the publish that was cut short
     assert _newest(base)["candidate_tower"] == 1
     assert (base / PUBLISH_JOURNAL).exists()
