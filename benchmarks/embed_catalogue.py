@@ -37,15 +37,12 @@ YEAR = re.compile(r" \(\d{4}\)$")
 
 
 def items_schema(run) -> pd.DataFrame:
-    """The run's catalogue in the columns its source reads (MovieLens: title without the
-    year it appends, genres, year; a CSV source: its own columns)."""
+    """The MovieLens run's catalogue in the columns its source reads (title without the
+    year it appends, genres, year)."""
     items = run.dataset.items
-    if run.config.data.source == "movielens-100k":
-        return pd.DataFrame({"item_id": items["item_id"],
-                             "title": items["title"].str.replace(YEAR, "", regex=True),
-                             "genres": items["genres"], "year": items["year"]})
-    from towerrec.data.dataset import item_columns
-    return items[[c if c in items else "title" for c in item_columns(run.config.data)]]
+    return pd.DataFrame({"item_id": items["item_id"],
+                         "title": items["title"].str.replace(YEAR, "", regex=True),
+                         "genres": items["genres"], "year": items["year"]})
 
 
 class _File:
@@ -66,12 +63,21 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/embed_catalogue/result.json")
     args = parser.parse_args(argv)
-    import tensorflow as tf
     import tensorflow_text  # noqa: F401
 
     config = load_config(args.config)
+    if config.data.source != "movielens-100k":
+        parser.error(f"--config: a MovieLens-100K run (its data.source is "
+                     f"{config.data.source}): the benchmark writes MovieLens' item columns")
     run = load_run(config)
-    folder = Path(tempfile.mkdtemp(prefix="towerrec-embed-bench-"))
+    with tempfile.TemporaryDirectory(prefix="towerrec-embed-bench-") as tmp:
+        return _measure(args, config, run, Path(tmp))
+
+
+def _measure(args, config, run, folder: Path) -> int:
+    """Both ways over the same CSV shards in `folder` (removed afterwards)."""
+    import tensorflow as tf
+
     written = export_models(run, folder / "models", models=["candidate_tower"])
     model_dir = written["candidate_tower"]
     base = items_schema(run)

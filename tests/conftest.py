@@ -23,15 +23,21 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "large: trains a model, serves exports or starts processes (minutes); "
                    "run with --run_large")
+    config.addinivalue_line(
+        "markers", "xdist_group(name): run in one pytest-xdist worker (set by this conftest)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run_large"):
-        return
     skip = pytest.mark.skip(reason="large: run with --run_large (make test)")
     for item in items:
-        if "large" in item.keywords:
+        if "large" in item.keywords and not config.getoption("--run_large"):
             item.add_marker(skip)
+        # Under pytest-xdist's `--dist loadgroup` (make test), a module's tests run in one
+        # worker, so its module fixtures (a trained run, an export) are built once; the
+        # serving modules share one, since they share the session's tiny export.
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(
+            "serving" if module.startswith("test_serving") else module))
 
 
 @pytest.fixture(scope="session")
