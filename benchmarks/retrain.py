@@ -55,7 +55,7 @@ def main() -> int:
     result = retrain(config, str(paths["new_interactions"]), str(paths["new_items"]),
                      base_path, verbose=0)
     retrain_seconds = time.time() - started
-    generation = Path(result["generation"])
+    generation = result.generation
 
     print("== from scratch on all data, the same splits ==")
     everything = folder / "data" / "all_interactions.csv"

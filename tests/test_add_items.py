@@ -53,7 +53,7 @@ def test_added_item_is_retrieved_for_a_matching_query(trained, tmp_path):
     path = tmp_path / "new.csv"
     NEW.to_csv(path, index=False)
     result = add_items(trained, str(path), tmp_path / "models")
-    run = result["run"]
+    run = result.run
     catalogue = list(run.catalogue["item_id"])
     assert catalogue[-2:] == ["new-1", "new-2"] and len(catalogue) == 1684
 
@@ -70,7 +70,7 @@ def test_added_item_is_retrieved_for_a_matching_query(trained, tmp_path):
     # 71-124 over training seeds 7-9), the unrelated one far down.
     assert ranked.index("new-1") < 170, ranked.index("new-1")
     assert ranked.index("new-2") > 500, ranked.index("new-2")
-    assert sorted(result["exports"]) == ["candidate_tower", "query_tower",
+    assert sorted(result.exports) == ["candidate_tower", "query_tower",
                                          "retrieval_brute_force", "retrieval_scann"]
 
 

@@ -137,16 +137,16 @@ def test_retrain_publishes_and_the_server_serves_new_items(published, data):
 
         result = retrain(config, str(data["new_interactions"]), str(data["new_items"]),
                          base, verbose=0)
-        assert set(result["published"]) == {"query_tower", "candidate_tower",
+        assert set(result.published) == {"query_tower", "candidate_tower",
                                             "retrieval_brute_force", "retrieval_scann"}
         assert set(_newest(base).values()) == {2}
-        assert "published" in result["metrics"]  # the gate compared with version 1
+        assert "published" in result.metrics  # the gate compared with version 1
         wait_for(lambda: client.predict("retrieval_brute_force", request).version == 2,
                  what="the server to serve version 2")
         answer = client.predict("retrieval_brute_force", request)
     found = [i.decode() if isinstance(i, bytes) else i for i in answer["item_ids"][0]]
     assert PHANTOM in found, "the new item is not retrieved for Star Wars fans"
-    generation = Path(result["generation"])
+    generation = Path(result.generation)
     assert generation.parent == config.run_path / GENERATIONS
     assert (generation / "added_items.parquet").exists()
 
@@ -187,10 +187,10 @@ def test_gate_refuses_a_worse_model_and_publishes_nothing(published, data, monke
         config.retrain, epochs=4, tolerance=0.1))
     result = retrain(config, str(data["new_interactions"]), str(data["new_items"]), base,
                      verbose=0)
-    assert result["published"] == {}, result["metrics"]
+    assert result.published == {}, result.metrics
     # warm (~250 users) is a steady judge; recent (~45 users here) is noisy.
-    published = result["metrics"]["published"]["warm"]["ndcg_at_10"]
-    assert result["metrics"]["retrained"]["warm"]["ndcg_at_10"] < 0.9 * published
+    published = result.metrics["published"]["warm"]["ndcg_at_10"]
+    assert result.metrics["retrained"]["warm"]["ndcg_at_10"] < 0.9 * published
     assert _newest(base) == before
     assert not list(base.glob("*/.tmp-*"))
 

@@ -24,11 +24,12 @@ so a reader (TF Serving polls the base path) never sees half a version.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.data.features import utf8
@@ -221,8 +222,15 @@ def _scann(module, spec, method: str = "retrieve"):
     return module, getattr(module, method), spec, None, SCANN_SAVE_OPTIONS
 
 
+@dataclasses.dataclass
+class IndexBuilt:
+    """The run's rebuilt index (its settings) and the versions exported, if any."""
+    index: Dict[str, Any]
+    exports: Dict[str, Path]
+
+
 def index_and_export(run, embeddings: np.ndarray,
-                     model_base_path: Optional[Path] = None) -> Dict:
+                     model_base_path: Optional[Path] = None) -> IndexBuilt:
     """What `towerrec index` (and, given a base path, `towerrec export`) build, from the
     catalogue's candidate embeddings [catalogue, d] (computed once, here or by Beam)."""
     from towerrec.export.index import INDEX_DIR, build_index
@@ -234,4 +242,4 @@ def index_and_export(run, embeddings: np.ndarray,
                         run.config.run_path / INDEX_DIR)
     exports = (export_models(run, model_base_path, candidate_embeddings=embeddings)
                if model_base_path else {})
-    return {"index": index, "exports": exports}
+    return IndexBuilt(index, exports)

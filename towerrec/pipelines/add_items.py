@@ -8,9 +8,10 @@ generation), so that adding items never publishes an older model.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from towerrec.config import Config
 from towerrec.data.dataset import ADDED_ITEMS, MAX_TEXT_CHARS, DataError, read_table
@@ -58,9 +59,21 @@ def _same_row(new: pd.Series, old: pd.Series) -> bool:
     return all(same(new[k], old[k]) for k in new.index if k in old.index)
 
 
-def add_items(config: Config, path: str, model_base_path: Optional[Path] = None) -> Dict:
-    """Adds the items of `path`; returns {"items": frame, "index": settings, "exports": ...}.
-    Running it again with the same file after a kill finishes what the first run began."""
+@dataclasses.dataclass
+class AddedItems:
+    """What add-items did: the items it added (with `resumed` of them added by an earlier,
+    unfinished run), the rebuilt index's settings, the versions published, and the run."""
+    items: pd.DataFrame
+    resumed: int
+    index: Dict[str, Any]
+    exports: Dict[str, Path]
+    run: Any
+
+
+def add_items(config: Config, path: str,
+              model_base_path: Optional[Path] = None) -> AddedItems:
+    """Adds the items of `path`. Running it again with the same file after a kill finishes
+    what the first run began."""
     from towerrec.export.publish import exclusive, latest_run_config, run_lock
 
     if model_base_path is None:
@@ -73,7 +86,7 @@ def add_items(config: Config, path: str, model_base_path: Optional[Path] = None)
             return _add_items(config, path, base_path)
 
 
-def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Dict:
+def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> AddedItems:
     from towerrec.evaluation.evaluate import candidate_embeddings
     from towerrec.export.export import index_and_export
     from towerrec.training.run import load_run
@@ -104,4 +117,4 @@ def _add_items(config: Config, path: str, model_base_path: Optional[Path]) -> Di
     # in the served models; the same add-items again (a resume, see read_new_items)
     # rebuilds the index and publishes.
     built = index_and_export(run, embeddings, model_base_path)
-    return {"items": new, "resumed": resumed, **built, "run": run}
+    return AddedItems(new, resumed, built.index, built.exports, run)

@@ -119,10 +119,10 @@ def _add_items(args) -> int:
 
     config = load_config(args.config, _overrides(args))
     result = add_items(config, args.items, args.model_base_path)
-    print(f"added {len(result['items'])} item(s)"
-          + (f" ({result['resumed']} added by an earlier, unfinished add-items)"
-             if result["resumed"] else "") + f"; index rebuilt: {result['index']}")
-    for name, path in result["exports"].items():
+    print(f"added {len(result.items)} item(s)"
+          + (f" ({result.resumed} added by an earlier, unfinished add-items)"
+             if result.resumed else "") + f"; index rebuilt: {result.index}")
+    for name, path in result.exports.items():
         print(f"{name:24s} {path}")
     return 0
 
@@ -176,8 +176,8 @@ def _embed_catalogue(args) -> int:
                     run, read_embeddings(output, run.catalogue["item_id"]),
                     base_path if args.publish else None)
     print(f"embedded {len(run.catalogue['item_id'])} items with {model} into {output}; "
-          f"index rebuilt: {built['index']}")
-    for name, path in built["exports"].items():
+          f"index rebuilt: {built.index}")
+    for name, path in built.exports.items():
         print(f"{name:24s} {path}")
     return 0
 
@@ -206,10 +206,10 @@ def _retrain(args) -> int:
     config = load_config(args.config, _overrides(args))
     result = retrain(config, args.new_interactions, args.new_items,
                      Path(args.model_base_path))
-    for name, path in result["published"].items():
+    for name, path in result.published.items():
         print(f"{name:24s} {path}")
     # Exit 3 when the gate refused: scripts can tell "not published" from an error.
-    return 0 if result["published"] else 3
+    return 0 if result.published else 3
 
 
 def _rollback(args) -> int:

@@ -206,10 +206,19 @@ def _write_generation_data(previous: Run, generation: Path, new_interactions: pd
     save_splits(splits, generation / "splits")
 
 
+@dataclasses.dataclass
+class Retrained:
+    """What retrain did: the versions published ({model: version path}; empty when the
+    gate refused), the gate's metrics ("retrained" and, when a model was served,
+    "published"), and the generation's folder (its run)."""
+    published: Dict[str, Path]
+    metrics: Dict[str, Dict[str, Dict[str, float]]]
+    generation: Path
+
+
 def retrain(config: Config, new_interactions: str, new_items: Optional[str] = None,
-            base_path: Path = Path("models"), verbose: int = 2) -> Dict:
-    """Retrains on new data and publishes through the gate. Returns {"published": {model:
-    version path} (empty when refused), "metrics": {...}, "generation": path}."""
+            base_path: Path = Path("models"), verbose: int = 2) -> Retrained:
+    """Retrains on new data and publishes through the gate."""
     if config.training.strategy == "multi_worker":
         # Every worker would take the base path's lock, and wait there for the others.
         raise ConfigError("retrain runs on one host: training.strategy 'multi_worker' is for "
@@ -269,7 +278,7 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
             if not gate(metrics["retrained"], metrics.get("published"),
                         config.retrain.tolerance):
                 discard(staged)
-                return {"published": {}, "metrics": metrics, "generation": generation}
+                return Retrained({}, metrics, generation)
             at_stage("publishing", started)
             result = publish(staged, lambda name: at_stage(f"published {name}", started))
             staged = {}
@@ -280,7 +289,7 @@ def retrain(config: Config, new_interactions: str, new_items: Optional[str] = No
         log.info(f"retrain: published {', '.join(f'{n} {p.name}' for n, p in result.items())}"
                  + (f"; removed {len(removed)} old version(s)" if removed else "")
                  + f" ({time.time() - started:.0f}s)")
-        return {"published": result, "metrics": metrics, "generation": generation}
+        return Retrained(result, metrics, generation)
 
 
 def _prune_generations(config: Config, base_path: Path) -> None:
