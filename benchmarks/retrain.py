@@ -75,16 +75,16 @@ def main() -> int:
     scratch_seconds = time.time() - started
 
     splits = [s for s in config.retrain.gate_splits if s in scratch.splits]
-    table = {"retrained": result["metrics"]["retrained"],
+    table = {"retrained": result.metrics["retrained"],
              "scratch": {s: evaluate_split(scratch, s) for s in splits}}
-    if "published" in result["metrics"]:
-        table = {"published (before)": result["metrics"]["published"], **table}
+    if "published" in result.metrics:
+        table = {"published (before)": result.metrics["published"], **table}
     print(markdown_table(table))
     print(f"\nretrain {retrain_seconds:.0f}s ({config.retrain.epochs} epochs, warm start, "
           f"exports + gate included) vs scratch {scratch_seconds:.0f}s "
           f"({config.training.epochs} epochs + exports): ratio "
           f"{retrain_seconds / scratch_seconds:.2f}")
-    print(f"published: {sorted(result['published'])}; '{RECENT}' = the per-user last "
+    print(f"published: {sorted(result.published)}; '{RECENT}' = the per-user last "
           f"{config.split.warm_test_fraction:.0%} of the new interactions")
     return 0
 
