@@ -1,6 +1,7 @@
 """`towerrec train`: config -> data -> splits -> encoder -> towers -> fit -> saved weights."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -102,6 +103,23 @@ class WorkerLost(ModelError):
 COLLECTIVE_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                        tf.errors.CancelledError, tf.errors.AbortedError)
 BACKUP_DIR = "backup"
+
+
+@contextlib.contextmanager
+def _worker_losses(strategy: tf.distribute.Strategy, timeout_seconds: float, shared: Path):
+    """Under multi-worker training, a collective that fails because another worker is gone
+    (while variables are broadcast, or in a training step) -> one-line WorkerLost."""
+    try:
+        yield
+    except COLLECTIVE_FAILURES as e:
+        if not is_multi_worker(strategy):
+            raise
+        raise WorkerLost(
+            f"training stopped: another worker of the cluster died or did not answer "
+            f"within training.worker_timeout_seconds ({timeout_seconds:g}s): "
+            f"{type(e).__name__}: {_what_failed(e)}. Restart "
+            f"every worker with the same command: training resumes from the last epoch "
+            f"backed up in {shared / BACKUP_DIR}.") from None
 
 
 def _what_failed(error: tf.errors.OpError) -> str:
@@ -225,7 +243,8 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     if t.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"training.batch_size {t.batch_size} does not split evenly over "
                           f"the replicas ({describe(strategy, xla)})")
-    run = prepare(config, encoder_dir, vocabularies=vocabularies, strategy=strategy)
+    with _worker_losses(strategy, t.worker_timeout_seconds, shared):  # variables broadcast
+        run = prepare(config, encoder_dir, vocabularies=vocabularies, strategy=strategy)
     run.prior = prior or configured_prior(config.prior)
     if warm_start is not None:
         warm_start(run)
@@ -244,7 +263,7 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
              f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
              f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
              f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
-    with strategy.scope():
+    with strategy.scope(), _worker_losses(strategy, t.worker_timeout_seconds, shared):
         optimizer = loss_scaled(LazyAdam(t.learning_rate), t.mixed_precision)
         run.model.compile(optimizer=optimizer, xla=xla)
     run_path = config.run_path
@@ -270,19 +289,10 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     throughput = _SteadyThroughput(t.batch_size)
     with stage("train", examples=examples // t.batch_size * t.batch_size * epochs,
                epochs=epochs) as record:
-        try:
+        with _worker_losses(strategy, t.worker_timeout_seconds, shared):
             history = run.model.fit(
                 data, epochs=epochs, verbose=verbose,
                 callbacks=[throughput, *callbacks, _ResumeReport(record)])
-        except COLLECTIVE_FAILURES as e:
-            if not is_multi_worker(strategy):
-                raise
-            raise WorkerLost(
-                f"training stopped: another worker of the cluster died or did not answer "
-                f"within training.worker_timeout_seconds ({t.worker_timeout_seconds:g}s): "
-                f"{type(e).__name__}: {_what_failed(e)}. Restart "
-                f"every worker with the same command: training resumes from the last epoch "
-                f"backed up in {shared / BACKUP_DIR}.") from None
         if throughput.rate:
             record["steady_examples_per_second"] = round(throughput.rate)
     losses = history.history.get("loss", [])
