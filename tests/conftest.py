@@ -38,6 +38,9 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rsplit(".", 1)[-1]
         item.add_marker(pytest.mark.xdist_group(
             "serving" if module.startswith("test_serving") else module))
+    # Large modules first (a stable sort): the workers take the minutes-long modules
+    # while there are two of them to share, and the seconds-long ones fill the end.
+    items.sort(key=lambda item: "large" not in item.keywords)
 
 
 @pytest.fixture(scope="session")
