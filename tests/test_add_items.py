@@ -93,10 +93,10 @@ def test_add_items_again_after_a_kill_resumes_instead_of_refusing(trained, tmp_p
     path = tmp_path / "new.csv"
     NEW.assign(item_id=["resume-1", "resume-2"]).to_csv(path, index=False)
     first = add_items(trained, str(path))  # no base path: the "published" part never ran
-    assert list(first["items"]["item_id"]) == ["resume-1", "resume-2"]
+    assert list(first.items["item_id"]) == ["resume-1", "resume-2"]
     again = add_items(trained, str(path), tmp_path / "models")
-    assert len(again["items"]) == 0 and again["resumed"] == 2
-    assert sorted(again["exports"]) == ["candidate_tower", "query_tower",
+    assert len(again.items) == 0 and again.resumed == 2
+    assert sorted(again.exports) == ["candidate_tower", "query_tower",
                                         "retrieval_brute_force", "retrieval_scann"]
     assert list(pd.read_parquet(trained.run_path / ADDED_ITEMS)["item_id"]).count(
         "resume-1") == 1
