@@ -27,6 +27,7 @@ def pytest_configure(config):
         "markers", "xdist_group(name): run in one pytest-xdist worker (set by this conftest)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="large: run with --run_large (make test)")
     for item in items:
