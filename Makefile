@@ -44,11 +44,11 @@ lint: setup
 
 # Everything (CI): lint, then every test, the large ones (trained models, served exports,
 # fresh processes) included, over TEST_WORKERS pytest-xdist workers (a test module's tests
-# in one worker: see tests/conftest.py). Much of a large test waits on a process it
+# in one worker, so that its fixtures are built once). Much of a large test waits on a process it
 # started, so two workers pay on two cores; TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q --run_large -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q --run_large -n $(TEST_WORKERS) --dist loadfile
 
 # The fast tier while you work: lint and the tests not marked large.
 test-fast: lint

@@ -23,25 +23,20 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "large: trains a model, serves exports or starts processes (minutes); "
                    "run with --run_large")
-    config.addinivalue_line(
-        "markers", "xdist_group(name): run in one pytest-xdist worker (set by this conftest)")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="large: run with --run_large (make test)")
     for item in items:
         if "large" in item.keywords and not config.getoption("--run_large"):
             item.add_marker(skip)
-        # Under pytest-xdist's `--dist loadgroup` (make test), a module's tests run in one
-        # worker, so its module fixtures (a trained run, an export) are built once; the
-        # serving modules share one, since they share the session's tiny export.
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(
-            "serving" if module.startswith("test_serving") else module))
-    # Large modules first (a stable sort): the workers take the minutes-long modules
-    # while there are two of them to share, and the seconds-long ones fill the end.
-    items.sort(key=lambda item: "large" not in item.keywords)
+    # Under pytest-xdist's `--dist loadfile` (make test) a module's tests run in one worker,
+    # so its module fixtures (a trained run, an export) are built once. Modules with large
+    # tests first (a stable sort that keeps each module's tests together): the workers
+    # take the minutes-long modules while there are two of them to share, and the
+    # seconds-long ones fill the end.
+    large = {item.path for item in items if "large" in item.keywords}
+    items.sort(key=lambda item: item.path not in large)
 
 
 @pytest.fixture(scope="session")
