@@ -3,6 +3,7 @@ mirrored over two devices; the strategy chooser; mixed precision keeps float32 o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,17 @@ def test_multi_worker_without_a_cluster_is_a_one_line_cli_error(movielens_slice,
     assert err.startswith("towerrec train: error: training.strategy is 'multi_worker' but "
                           "TF_CONFIG names no cluster and task, e.g. TF_CONFIG=")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("[]", "TF_CONFIG names no cluster and task"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 5}}',
+     "TF_CONFIG cannot start this worker: ValueError: 'The `task_id` 5 exceeds"),
+])
+def test_a_bad_tf_config_is_a_config_error(monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        choose_strategy("multi_worker", 5.0)
 
 
 def test_asking_for_a_tpu_without_one_is_a_one_line_cli_error(movielens_slice, tmp_path,

@@ -79,16 +79,16 @@ def _index(args) -> int:
         query_embeddings,
         training_queries,
     )
-    from towerrec.export.index import INDEX_DIR, Index, build_index, recall_against_exact
-    from towerrec.training.prior import served_candidates, served_queries
+    from towerrec.export.export import index_and_export
+    from towerrec.export.index import INDEX_DIR, Index, recall_against_exact
+    from towerrec.training.prior import served_queries
     from towerrec.training.run import load_run
 
     config = _run_config(args)
     run = load_run(config)
     directory = config.run_path / INDEX_DIR
     with stage("build index", items=len(run.catalogue["item_id"])):
-        settings = build_index(served_candidates(run, candidate_embeddings(run)),
-                               run.catalogue["item_id"], directory)
+        settings = index_and_export(run, candidate_embeddings(run)).index
     index = Index(directory)
     sample = training_queries(run, 1000)
     queries = served_queries(run, query_embeddings(run, sample),

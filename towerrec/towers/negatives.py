@@ -41,7 +41,8 @@ def global_batch(tensors: Sequence[Optional[tf.Tensor]]) -> Tuple[Optional[tf.Te
             everything = context.all_gather(tf.identity(x), axis=0)
         rows = tf.shape(everything, out_type=tf.int32)[0]
         local_rows = tf.shape(x, out_type=tf.int32)[0]
-        # The offset below holds only for equal shares (training drops the last batch).
+        # The offset below holds only for equal shares: training splits its batches evenly
+        # and drops the last one, so this guards other callers (a partial last batch).
         tf.debugging.assert_equal(
             rows, local_rows * context.num_replicas_in_sync,
             message="global negatives need the same batch size on every replica")

@@ -63,7 +63,7 @@ def _multi_worker(timeout_seconds: float) -> tf.distribute.Strategy:
         cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
     except json.JSONDecodeError as e:
         raise ConfigError(f"TF_CONFIG is not JSON: {e}") from None
-    if not cluster.get("cluster") or not cluster.get("task"):
+    if not isinstance(cluster, dict) or not cluster.get("cluster") or not cluster.get("task"):
         raise ConfigError(
             "training.strategy is 'multi_worker' but TF_CONFIG names no cluster and task, "
             'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '

@@ -62,6 +62,8 @@ RECENT_FRACTION = 0.1
 # Item-item co-occurrence is computed for a chunk of items at a time, sized so that the
 # chunk's (user, item, item) products are at most this many.
 COOCCURRENCE_BUDGET = 1 << 23
+# What item_attributes encodes, saved with a ranker: the candidate tower's layers.
+ATTRIBUTE_ENCODING = "candidate_tower"
 
 
 @dataclasses.dataclass
@@ -74,7 +76,7 @@ class CandidateLists:
     labels: np.ndarray
 
 
-def item_attributes(run: Run, batch_size: int = 1 << 16) -> np.ndarray:
+def item_attributes(run: Run, batch_size: int = 4096) -> np.ndarray:
     """[catalogue, attributes]: the candidate tower's own attribute encoding of every
     catalogue item (multi-hots with their unknown column, standardized numerics with their
     missing flag), with the vocabularies and statistics the towers were trained with."""
@@ -313,7 +315,8 @@ def _fit_ranker(config: Config, verbose: int) -> Ranker:
 def save_ranker(ranker: Ranker, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tf.train.Checkpoint(ranker=ranker).write(str(directory / "weights"))
-    (directory / "ranker.json").write_text(json.dumps({"num_features": ranker.num_features}))
+    (directory / "ranker.json").write_text(json.dumps({
+        "num_features": ranker.num_features, "attribute_encoding": ATTRIBUTE_ENCODING}))
 
 
 def ranker_exists(run: Run) -> bool:
@@ -326,6 +329,11 @@ def load_ranker(run: Run) -> Ranker:
         raise FileNotFoundError(
             f"no trained ranker in {directory}: run `towerrec train-ranker` first")
     saved = json.loads((directory / "ranker.json").read_text())
+    if saved.get("attribute_encoding") != ATTRIBUTE_ENCODING:
+        log.warning(f"the ranker in {directory} was trained on an older item attribute table "
+                    "(without the candidate tower's unknown-value and missing columns): its "
+                    "attribute overlap now reads slightly other values; retrain it with "
+                    "`towerrec train-ranker`")
     ranker = Ranker(saved["num_features"])
     ranker(tf.zeros([1, 1, saved["num_features"]]))
     tf.train.Checkpoint(ranker=ranker).read(str(directory / "weights")).expect_partial()

@@ -23,7 +23,6 @@ from towerrec.towers.retrieval import Vocabularies
 from towerrec.training.distribute import (
     choose_strategy,
     describe,
-    is_chief,
     is_multi_worker,
     loss_scaled,
     use_xla,
@@ -277,8 +276,10 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
             on_epoch_end=lambda epoch, logs: np.isfinite((logs or {}).get("loss", 0.0))
             and manager.save()),
     ]
-    for split in (s for s in EPOCH_SPLITS if s in run.splits and is_chief(strategy)):
-        callbacks.insert(0, _EpochEvaluation(run, log_dir, split))  # the chief's alone
+    # On every worker, the non-chiefs' too: a worker that skipped it would wait for the
+    # chief's at the next collective, and a long evaluation would pass for a lost worker.
+    for split in (s for s in EPOCH_SPLITS if s in run.splits):
+        callbacks.insert(0, _EpochEvaluation(run, log_dir, split))
     if is_multi_worker(strategy):
         # Every epoch, into the chief's folder, which every worker reads when restarted;
         # deleted when training ends well.
