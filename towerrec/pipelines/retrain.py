@@ -99,12 +99,12 @@ def extend_vocabularies(old: Vocabularies, train_split: pd.DataFrame) -> Vocabul
 
 
 def warm_start_from(previous: Run):
-    """A `train(warm_start=...)` hook: copies every weight of `previous`; a table that grew
-    (new ids) keeps its old rows, and its new rows start as the unknown-id row."""
+    """A `train(warm_start=...)` hook: copies every weight of `previous` (a `load_run`, so
+    built); a table that grew (new ids) keeps its old rows, and its new rows start as the
+    unknown-id row."""
     from towerrec.towers.features import OOV_INDEX
 
     def initialize(run: Run) -> None:
-        build_variables(previous)
         build_variables(run)
         old_variables, new_variables = previous.model.variables, run.model.variables
         if len(old_variables) != len(new_variables):

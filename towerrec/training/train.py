@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -242,7 +243,8 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     if t.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"training.batch_size {t.batch_size} does not split evenly over "
                           f"the replicas ({describe(strategy, xla)})")
-    with _worker_losses(strategy, t.worker_timeout_seconds, shared):  # variables broadcast
+    lost_worker = functools.partial(_worker_losses, strategy, t.worker_timeout_seconds, shared)
+    with lost_worker():  # variables are broadcast from the chief
         run = prepare(config, encoder_dir, vocabularies=vocabularies, strategy=strategy)
     run.prior = prior or configured_prior(config.prior)
     if warm_start is not None:
@@ -262,7 +264,7 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
              f"{len(run.vocabularies.user_ids)} users, {len(run.vocabularies.item_ids)} items; "
              f"encoder {'fine-tuned' if config.encoder.fine_tune else 'frozen, cached'}; "
              f"{describe(strategy, xla)}, {t.mixed_precision or 'float32'}")
-    with strategy.scope(), _worker_losses(strategy, t.worker_timeout_seconds, shared):
+    with strategy.scope(), lost_worker():
         optimizer = loss_scaled(LazyAdam(t.learning_rate), t.mixed_precision)
         run.model.compile(optimizer=optimizer, xla=xla)
     run_path = config.run_path
@@ -290,7 +292,7 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
     throughput = _SteadyThroughput(t.batch_size)
     with stage("train", examples=examples // t.batch_size * t.batch_size * epochs,
                epochs=epochs) as record:
-        with _worker_losses(strategy, t.worker_timeout_seconds, shared):
+        with lost_worker():
             history = run.model.fit(
                 data, epochs=epochs, verbose=verbose,
                 callbacks=[throughput, *callbacks, _ResumeReport(record)])
