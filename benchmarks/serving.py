@@ -10,9 +10,18 @@ warm-up request's first row, with a 9-word context) it measures p50 and p99 late
 the throughput. In the same run, in this process: the text encoder alone (preprocessor +
 encoder at the request's token length, the floor of any model that encodes the context),
 the loaded SavedModel called directly (no server), and, given a baseline base path (e.g.
-exports of an earlier commit), the baseline's SavedModel the same way. At one client these
-calls and the served call take turns in blocks of 10 calls, so that the machine's drift (2
-shared cores) hits them alike while each stays in its steady state. So every claim is a
+exports of an earlier commit), the baseline's SavedModel the same way. Each SavedModel is
+loaded twice (`--loads`) and its loads' calls pooled: on this machine two loads of the very
+same SavedModel kept p50s up to 10% apart for a whole run (either one the faster); the
+loads' spread is printed beside the ratio. A caveat found on 2026-12-05 and not explained:
+with the same graph on both sides (one export given as model and as baseline, or two
+exports of one run by commits whose graphs differ only in a 22- vs 20-column table), the
+model measured 0.87x-0.97x of the baseline's speed in each of 9 runs, whichever export
+played which part. So compare two models in both orders (run again with the two paths
+exchanged) and take the geometric mean of the two ratios. At one client these calls and
+the served call take turns in blocks of 10 calls, in an order that rotates every turn, so
+that the machine's drift (2 shared cores) hits them alike while each stays in its steady
+state (see `interleaved`). So every claim is a
 ratio of one run: the model's cost over the encoder's, new over old, the server's overhead
 (p50 at 1 client, served / in-process), and the batching gain (throughput at the highest
 concurrency, on / off). Every level is bounded by a request count and a time limit. Client
@@ -43,6 +52,9 @@ from towerrec.serving.tensors import to_ndarray  # noqa: E402
 
 FALLBACK = "retrieval_brute_force"
 ROUND_TRIP = "gRPC round trip, no model (GetModelStatus)"
+IN_PROCESS = "in-process SavedModel"
+BASELINE = "in-process SavedModel, baseline"
+LOAD_MARK = " #"
 CONTEXT = "a 24 year old man, a technician, on Monday evening"  # 9 words
 
 
@@ -137,18 +149,58 @@ def interleaved(calls: Dict[str, Callable[[], object]], requests: int, block: in
     `block` consecutive calls, `requests` calls each, after one untimed block each (tracing,
     connections). Turns put the machine's drift on every call alike; blocks keep each one
     in its steady state (a one-client loop), where single turns would also charge each
-    call for the caches and sleeping threads the previous one left."""
+    call for the caches and sleeping threads the previous one left. What a block may still
+    inherit from the one before it is kept off the figures: each block starts with one
+    untimed call, and the order rotates every turn, so that every call follows every
+    other equally often."""
     for call in calls.values():
         for _ in range(block):
             call()
-    latencies: Dict[str, List[float]] = {label: [] for label in calls}
-    for _ in range(max(1, requests // block)):
-        for label, call in calls.items():
+    labels = list(calls)
+    latencies: Dict[str, List[float]] = {label: [] for label in labels}
+    for turn in range(max(1, requests // block)):
+        shift = turn % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            call = calls[label]
+            call()  # untimed: what the previous block left behind
             for _ in range(block):
                 started = time.perf_counter()
                 call()
                 latencies[label].append(time.perf_counter() - started)
     return {label: (values, sum(values)) for label, values in latencies.items()}
+
+
+def loaded(version_path: Path, loads: int) -> list:
+    """The version's serving function, loaded `loads` times (separate objects)."""
+    import tensorflow as tf
+
+    return [tf.saved_model.load(str(version_path)).signatures["serving_default"]
+            for _ in range(loads)]
+
+
+def load_calls(label: str, functions: list, tensors) -> Dict[str, Callable[[], object]]:
+    """One call per load: `label` alone for one load, else `label` #1, #2, ..."""
+    if len(functions) == 1:
+        return {label: lambda: functions[0](**tensors)}
+    return {f"{label}{LOAD_MARK}{i + 1}": (lambda f=f: f(**tensors))
+            for i, f in enumerate(functions)}
+
+
+def pooled_loads(timed: Dict[str, tuple]) -> Dict[str, tuple]:
+    """`interleaved`'s figures with the loads of one model pooled under its label."""
+    pooled: Dict[str, tuple] = {}
+    for name, (latencies, seconds) in timed.items():
+        label = name.split(LOAD_MARK)[0]
+        before, spent = pooled.get(label, ([], 0.0))
+        pooled[label] = (before + latencies, spent + seconds)
+    return pooled
+
+
+def load_spread(timed: Dict[str, tuple], label: str) -> tuple:
+    """(p50 ms of each load of `label`, the slowest over the fastest)."""
+    p50s = [float(np.percentile(latencies, 50)) * 1000
+            for name, (latencies, _) in timed.items() if name.split(LOAD_MARK)[0] == label]
+    return p50s, max(p50s) / min(p50s)
 
 
 def start_server(config: Path, batching: bool, args) -> tuple:
@@ -232,6 +284,10 @@ def main(argv=None) -> int:
                         help="exports to compare with in process (e.g. an earlier commit's)")
     parser.add_argument("--block", type=positive_int, default=10,
                         help="one client: consecutive calls of each path per turn")
+    parser.add_argument("--loads", type=positive_int, default=2,
+                        help="times each in-process SavedModel is loaded; their calls take "
+                             "turns and are pooled (one load's p50 can sit up to 10%% off "
+                             "another's of the same model for the whole run)")
     parser.add_argument("--context", default=CONTEXT, help="the requests' context text")
     args = parser.parse_args(argv)
 
@@ -250,15 +306,14 @@ def main(argv=None) -> int:
         pass
     tensors = {k: tf.constant(v) for k, v in request.items()}
     single = 1  # the calls that take turns: one client, serially
-    function = tf.saved_model.load(str(version_path)).signatures["serving_default"]
-    calls = {"in-process SavedModel": lambda: function(**tensors)}
+    functions = loaded(version_path, args.loads)
+    calls = load_calls(IN_PROCESS, functions, tensors)
     encode = encoder_call(version_path, args.context)
     if encode is not None:
         calls["encoder alone (the context)"] = encode
     if args.baseline_model_base_path:
         old = newest_version(Path(args.baseline_model_base_path).resolve() / model)
-        old_function = tf.saved_model.load(str(old)).signatures["serving_default"]
-        calls["in-process SavedModel, baseline"] = lambda: old_function(**tensors)
+        calls.update(load_calls(BASELINE, loaded(old, args.loads), tensors))
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "models.config"
         config.write_text(f'model_config_list {{ config {{ name: "{model}" '
@@ -271,13 +326,16 @@ def main(argv=None) -> int:
                     # that the machine's drift hits all alike (the server idles meanwhile).
                     calls[label] = served.new_call()
                     calls[ROUND_TRIP] = served.new_status_call()
-                    for name, (latencies, seconds) in interleaved(
-                            calls, args.requests, args.block).items():
-                        rows.append(row(name, single, latencies, seconds))
+                    timed = interleaved(calls, args.requests, args.block)
+                    rows += [row(name, single, *figures)
+                             for name, figures in pooled_loads(timed).items()]
+                    spreads = {name: load_spread(timed, name)
+                               for name in (IN_PROCESS, BASELINE)
+                               if f"{name}{LOAD_MARK}2" in timed}
                     for clients in levels:
                         if clients != single:
-                            rows.append(row("in-process SavedModel", clients, *load_level(
-                                lambda: function(**tensors), clients, args.requests,
+                            rows.append(row(IN_PROCESS, clients, *load_level(
+                                lambda: functions[0](**tensors), clients, args.requests,
                                 args.max_seconds)))
                 for clients in levels:
                     if clients != single or batching:  # off at 1: measured in turns
@@ -295,15 +353,19 @@ def main(argv=None) -> int:
     find = {(r["label"], r["clients"]): r for r in rows}
     low, high = single, max(levels)
     off = find[("towerrec serve, batching off", low)]
-    base_row = find[("in-process SavedModel", low)]
+    base_row = find[(IN_PROCESS, low)]
     encoder = find.get(("encoder alone (the context)", low))
     if encoder:
         print(f"\nmodel over encoder: in-process p50 {base_row['p50'] / encoder['p50']:.2f}x "
               f"the encoder alone ({base_row['p50']:.2f} ms vs {encoder['p50']:.2f} ms)")
-    old_row = find.get(("in-process SavedModel, baseline", low))
+    old_row = find.get((BASELINE, low))
     if old_row:
         print(f"new over baseline: in-process p50 {old_row['p50'] / base_row['p50']:.2f}x "
               f"faster ({base_row['p50']:.2f} ms vs {old_row['p50']:.2f} ms)")
+    for name, (p50s, ratio) in spreads.items():
+        print(f"{name}, {len(p50s)} loads of the same SavedModel: p50 "
+              f"{' / '.join(f'{p:.2f}' for p in p50s)} ms, {ratio:.2f}x apart (a ratio "
+              "between models within this is noise)")
     print(f"\nserver overhead: p50 at {low} client(s) {off['p50'] / base_row['p50']:.2f}x the "
           f"in-process call ({off['p50']:.2f} ms vs {base_row['p50']:.2f} ms; an empty gRPC "
           f"round trip to the same server {find[(ROUND_TRIP, low)]['p50']:.2f} ms)")
