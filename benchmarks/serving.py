@@ -13,16 +13,12 @@ the loaded SavedModel called directly (no server), and, given a baseline base pa
 exports of an earlier commit), the baseline's SavedModel the same way. Each SavedModel is
 loaded twice (`--loads`) and its loads' calls pooled: on this machine two loads of the very
 same SavedModel kept p50s up to 10% apart for a whole run (either one the faster); the
-loads' spread is printed beside the ratio. A caveat found on 2026-12-05 and not explained:
-with the same graph on both sides (one export given as model and as baseline, or two
-exports of one run by commits whose graphs differ only in a 22- vs 20-column table), the
-model measured 0.87x-0.97x of the baseline's speed in each of 9 runs, whichever export
-played which part. So compare two models in both orders (run again with the two paths
-exchanged) and take the geometric mean of the two ratios. At one client these calls and
-the served call take turns in blocks of 10 calls, in an order that rotates every turn, so
-that the machine's drift (2 shared cores) hits them alike while each stays in its steady
-state (see `interleaved`). So every claim is a
-ratio of one run: the model's cost over the encoder's, new over old, the server's overhead
+loads' spread is printed beside the ratio. One export given as both model and baseline
+measured 0.97x and 0.99x (2026-12-05; 0.87x-0.97x before the turns were shuffled). At
+one client these calls and the served call take turns in blocks of 10 calls, in an order
+shuffled every turn, so that the machine's drift (2 shared cores) hits them alike while
+each stays in its steady state (see `interleaved`). So every claim is a ratio of one run:
+the model's cost over the encoder's, new over old, the server's overhead
 (p50 at 1 client, served / in-process), and the batching gain (throughput at the highest
 concurrency, on / off). Every level is bounded by a request count and a time limit. Client
 and server share this machine's cores.
@@ -151,16 +147,18 @@ def interleaved(calls: Dict[str, Callable[[], object]], requests: int, block: in
     in its steady state (a one-client loop), where single turns would also charge each
     call for the caches and sleeping threads the previous one left. What a block may still
     inherit from the one before it is kept off the figures: each block starts with one
-    untimed call, and the order rotates every turn, so that every call follows every
-    other equally often."""
+    untimed call, and the order is shuffled every turn (seeded), so that no call always
+    follows the same one (in a fixed or rotated order the model's blocks always came after
+    the served call's and the baseline's after the encoder's: the model measured 0.87x-0.97x
+    of the same graph as the baseline)."""
     for call in calls.values():
         for _ in range(block):
             call()
     labels = list(calls)
+    order = np.random.default_rng(0)
     latencies: Dict[str, List[float]] = {label: [] for label in labels}
-    for turn in range(max(1, requests // block)):
-        shift = turn % len(labels)
-        for label in labels[shift:] + labels[:shift]:
+    for _ in range(max(1, requests // block)):
+        for label in order.permutation(labels):
             call = calls[label]
             call()  # untimed: what the previous block left behind
             for _ in range(block):
