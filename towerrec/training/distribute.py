@@ -6,15 +6,17 @@ TPU, on mirrored GPUs or on the CPU.
 
 Several hosts: `training.strategy: multi_worker` is MultiWorkerMirroredStrategy over the
 cluster in TF_CONFIG. The same `towerrec train` runs on every worker; the chief writes the
-run folder, the others write theirs under the system's temporary folder (`worker_paths`),
-and every worker backs up to and restores from the chief's backup folder, which must be
-on storage they all reach (GCS, NFS).
+run folder, the others write theirs under the system's temporary folder (`worker_paths`;
+all but its encoder cache removed when training ends well), and every worker backs up to
+and restores from the chief's backup folder, which must be on storage they all reach
+(GCS, NFS).
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -98,6 +100,24 @@ def worker_paths(run_path: Path, strategy: tf.distribute.Strategy) -> Tuple[Path
     root = Path(tempfile.gettempdir()) / f"towerrec-{resolver.task_type}-{resolver.task_id}"
     shared = Path(os.path.abspath(run_path))
     return root / shared.relative_to("/"), shared
+
+
+# What a non-chief worker keeps of its copy once training ends well: its encoder folder
+# (links to the chief's encoder and its own embedding cache, which the next run reuses).
+WORKER_KEEPS = ("encoder",)
+
+
+def discard_worker_copy(own: Path) -> None:
+    """Removes a non-chief worker's copy of the run (`worker_paths`) but WORKER_KEEPS: it
+    wrote it only because saving is a collective step, and restarts restore from the
+    chief's backup, not from it."""
+    for part in Path(own).iterdir() if Path(own).is_dir() else ():
+        if part.name in WORKER_KEEPS:
+            continue
+        if part.is_dir() and not part.is_symlink():
+            shutil.rmtree(part)
+        else:
+            part.unlink()
 
 
 def _tpu_resolver() -> Optional[tf.distribute.cluster_resolver.TPUClusterResolver]:

@@ -24,6 +24,7 @@ from towerrec.towers.retrieval import Vocabularies
 from towerrec.training.distribute import (
     choose_strategy,
     describe,
+    discard_worker_copy,
     is_multi_worker,
     loss_scaled,
     use_xla,
@@ -215,6 +216,9 @@ class _EpochEvaluation(tf.keras.callbacks.Callback):
                 if logs is not None:
                     logs[f"{self.split}_{name}"] = metrics[name]
 
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
 
 def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
           warm_start: Optional[Callable[[Run], None]] = None,
@@ -307,6 +311,8 @@ def train(config: Config, encoder_dir: Optional[Path] = None, verbose: int = 2,
             f"training.temperature {t.temperature:g}); {len(diverged)} variable(s) are not "
             f"finite. Nothing was saved: {run_path / 'model'} is as it was.")
     save_model(run)
+    if own != shared:
+        discard_worker_copy(own)
     return run
 
 
