@@ -13,7 +13,9 @@ the loaded SavedModel called directly (no server), and, given a baseline base pa
 exports of an earlier commit), the baseline's SavedModel the same way. Each SavedModel is
 loaded twice (`--loads`) and its loads' calls pooled: on this machine two loads of the very
 same SavedModel kept p50s up to 10% apart for a whole run (either one the faster); the
-loads' spread is printed beside the ratio. One export given as both model and baseline
+loads' spread is printed beside the ratio; a row over several loads says so ("(2 loads)":
+its request count is over all of them; at several clients each client calls one load, in
+turn). One export given as both model and baseline
 measured 0.97x and 0.99x (2026-12-05; 0.87x-0.97x before the turns were shuffled). At
 one client these calls and the served call take turns in blocks of 10 calls, in an order
 shuffled every turn, so that the machine's drift (2 shared cores) hits them alike while
@@ -26,6 +28,7 @@ and server share this machine's cores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import queue
 import subprocess
 import sys
@@ -185,13 +188,26 @@ def load_calls(label: str, functions: list, tensors) -> Dict[str, Callable[[], o
 
 
 def pooled_loads(timed: Dict[str, tuple]) -> Dict[str, tuple]:
-    """`interleaved`'s figures with the loads of one model pooled under its label."""
+    """`interleaved`'s figures with the loads of one model pooled under its label:
+    {label: (latencies, seconds spent, loads)}."""
     pooled: Dict[str, tuple] = {}
     for name, (latencies, seconds) in timed.items():
         label = name.split(LOAD_MARK)[0]
-        before, spent = pooled.get(label, ([], 0.0))
-        pooled[label] = (before + latencies, spent + seconds)
+        before, spent, loads = pooled.get(label, ([], 0.0, 0))
+        pooled[label] = (before + latencies, spent + seconds, loads + 1)
     return pooled
+
+
+def each_client_a_load(functions: list, tensors) -> Callable[[], Callable[[], object]]:
+    """A `load_level` setup: each client thread calls one of the loads, in turn, so that
+    at several clients every load serves its share, as the pooled one-client row has it."""
+    turn, lock = itertools.count(), threading.Lock()
+
+    def setup():
+        with lock:
+            function = functions[next(turn) % len(functions)]
+        return lambda: function(**tensors)
+    return setup
 
 
 def load_spread(timed: Dict[str, tuple], label: str) -> tuple:
@@ -260,9 +276,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def row(label: str, clients: int, latencies: List[float], seconds: float) -> dict:
+def row(label: str, clients: int, latencies: List[float], seconds: float,
+        loads: int = 1) -> dict:
+    """A table row; `loads`: how many loads of one SavedModel its calls went to (the
+    request count is over all of them)."""
     ms = np.array(latencies) * 1000
-    return {"label": label, "clients": clients, "requests": len(ms),
+    return {"label": label, "clients": clients, "requests": len(ms), "loads": loads,
             "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
             "rps": len(ms) / seconds}
 
@@ -333,8 +352,9 @@ def main(argv=None) -> int:
                     for clients in levels:
                         if clients != single:
                             rows.append(row(IN_PROCESS, clients, *load_level(
-                                lambda: functions[0](**tensors), clients, args.requests,
-                                args.max_seconds)))
+                                None, clients, args.requests, args.max_seconds,
+                                each_client_a_load(functions, tensors)),
+                                loads=min(clients, len(functions))))
                 for clients in levels:
                     if clients != single or batching:  # off at 1: measured in turns
                         rows.append(row(label, clients, *load_level(
@@ -346,7 +366,8 @@ def main(argv=None) -> int:
     print("| path | clients | requests | p50 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['clients']} | {r['requests']} | {r['p50']:.2f} | "
+        loads = f" ({r['loads']} loads)" if r["loads"] > 1 else ""
+        print(f"| {r['label']}{loads} | {r['clients']} | {r['requests']} | {r['p50']:.2f} | "
               f"{r['p99']:.2f} | {r['rps']:.0f} |")
     find = {(r["label"], r["clients"]): r for r in rows}
     low, high = single, max(levels)
