@@ -1,6 +1,8 @@
 """Cross-replica negatives: over two replicas, the loss and gradients of one step equal one
-device's over the global batch; per-replica negatives differ. Two logical CPUs stand in for
-two accelerators (declared before TensorFlow starts, hence a fresh process)."""
+device's over the global batch; per-replica negatives differ; XLA (the softmax compiled
+with the towers where no replica gathers another's candidates) takes the same step. Two
+logical CPUs stand in for two accelerators (declared before TensorFlow starts, hence a
+fresh process)."""
 from __future__ import annotations
 
 import json
@@ -48,8 +50,9 @@ def step(model, batch):
     return loss, gradients
 
 
-def one_device():
+def one_device(xla=False):
     m = model("global")
+    m.xla = xla  # one replica: the whole loss compiles, softmax included
     loss, gradients = tf.function(step)(m, {k: tf.constant(v) for k, v in features.items()})
     return float(loss), [g.numpy().tolist() for g in gradients]
 
@@ -70,9 +73,12 @@ def mirrored(negatives, xla):
     return float(total), summed
 
 
-loss, gradients = one_device()
-result = {"one_device": {"loss": loss, "gradients": gradients}}
-for negatives, xla in (("global", False), ("global", True), ("replica", False)):
+result = {}
+for name, xla in (("one_device", False), ("one_device_xla", True)):
+    loss, gradients = one_device(xla)
+    result[name] = {"loss": loss, "gradients": gradients}
+for negatives, xla in (("global", False), ("global", True), ("replica", False),
+                       ("replica", True)):
     loss, gradients = mirrored(negatives, xla)
     result[f"{negatives}{'_xla' if xla else ''}"] = {"loss": loss, "gradients": gradients}
 print(json.dumps(result))
@@ -87,12 +93,22 @@ def two_replicas():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _assert_same_step(mine, theirs):
+    assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    for a, b in zip(mine["gradients"], theirs["gradients"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["global", "global_xla"])
 def test_global_negatives_over_two_replicas_equal_one_device(two_replicas, name):
-    one, two = two_replicas["one_device"], two_replicas[name]
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    for mine, theirs in zip(two["gradients"], one["gradients"]):
-        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+    _assert_same_step(two_replicas[name], two_replicas["one_device"])
+
+
+@pytest.mark.parametrize("xla,plain", [("one_device_xla", "one_device"),
+                                       ("replica_xla", "replica")])
+def test_the_softmax_compiled_with_the_towers_takes_the_same_step(two_replicas, xla, plain):
+    # Without a cross-replica gather, XLA compiles the softmax with the towers.
+    _assert_same_step(two_replicas[xla], two_replicas[plain])
 
 
 def test_per_replica_negatives_score_fewer_candidates(two_replicas):

@@ -88,10 +88,11 @@ class TwoTowerModel(tfrs.Model):
         return self.softmax_loss(*self.embed(features, training=training), features)
 
     def compile(self, optimizer, xla: bool = False, **kwargs):
-        """`xla`: each replica compiles its towers (forward and gradients) with XLA. Not
-        Keras' `jit_compile`: that traces one step for every replica, which XLA cannot run
-        on several devices (keras-team/tf-keras#194), and the update's sum over replicas
-        cannot be compiled inside a replica."""
+        """`xla`: each replica compiles its loss (towers and softmax, forward and
+        gradients; the towers only when the softmax gathers other replicas' negatives)
+        with XLA. Not Keras' `jit_compile`: that traces one step for every replica, which
+        XLA cannot run on several devices (keras-team/tf-keras#194), and the update's sum
+        over replicas cannot be compiled inside a replica."""
         super().compile(optimizer=optimizer, **kwargs)
         self.xla = xla
 
@@ -106,14 +107,9 @@ class TwoTowerModel(tfrs.Model):
         """(loss, regularization loss, gradients of their sum) of one replica's batch; with
         mixed_float16's LossScaleOptimizer, taken through the scaled loss, so that they do
         not underflow."""
-        # A new function per call: Keras calls this once per replica while tracing, so each
-        # replica compiles its own, on its own device, with its own variables. The towers
-        # only: the softmax's all-gather of global negatives is a cross-replica step, which
-        # a function nested in a replica's step cannot hold.
-        embed = tf.function(self.embed, jit_compile=True) if self.xla else self.embed
         scaled = isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
-            loss = self.softmax_loss(*embed(features, training=True), features)
+            loss = self._compiled_loss()(features)
             regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
             total_loss = loss + regularization_loss
             if scaled:
@@ -122,6 +118,27 @@ class TwoTowerModel(tfrs.Model):
         if scaled:
             gradients = self.optimizer.get_unscaled_gradients(gradients)
         return loss, regularization_loss, gradients
+
+    def _gathers_negatives(self) -> bool:
+        """Whether the softmax reads other replicas' candidates (an all-gather)."""
+        context = tf.distribute.get_replica_context()
+        return (self.negatives == "global" and context is not None
+                and context.num_replicas_in_sync > 1)
+
+    def _compiled_loss(self):
+        """features -> a replica's training loss, XLA-compiled as `compile` says. A new
+        function per call: Keras calls this once per replica while tracing, so each replica
+        compiles its own, on its own device, with its own variables. With global negatives
+        over several replicas, the towers only: the softmax's all-gather is a cross-replica
+        step, which a function nested in a replica's step cannot hold."""
+        def loss(features):
+            return self.compute_loss(features, training=True)
+        if not self.xla:
+            return loss
+        if not self._gathers_negatives():
+            return tf.function(loss, jit_compile=True)
+        embed = tf.function(self.embed, jit_compile=True)
+        return lambda features: self.softmax_loss(*embed(features, training=True), features)
 
 
 def build_two_tower(vocabularies: Vocabularies, catalogue_text: np.ndarray,
