@@ -255,3 +255,25 @@ def test_a_mean_model_loads_as_trained(tiny_encoder_dir, movielens_slice, tmp_pa
     assert loaded.config.towers.history_encoder == "mean"
     assert loaded.model.query_tower.history_encoder is None
     np.testing.assert_allclose(query_embeddings(loaded, queries), expected, atol=1e-6)
+
+
+def test_the_index_and_the_exports_share_one_scann_build(exported, tmp_path, monkeypatch):
+    from towerrec.export import index as index_module
+    from towerrec.export.export import index_and_export
+
+    import tensorflow as tf
+
+    run, _, _ = exported
+    builds = []
+    build = index_module.build_scann_state
+    monkeypatch.setattr(index_module, "build_scann_state",
+                        lambda *args: builds.append(args) or build(*args))
+    built = index_and_export(run, candidate_embeddings(run), tmp_path / "models")
+    assert len(builds) == 1
+    # The served searcher asks for k + history_length neighbours; the index was built so.
+    assert built.index["k"] == min(run.config.ranker.retrieved
+                                   + run.config.towers.history_length,
+                                   len(run.catalogue["item_id"]))
+    stored = np.load(run.config.run_path / "index" / "scann" / "dataset.npy")
+    served = tf.saved_model.load(str(built.exports["retrieval_scann"]))
+    np.testing.assert_array_equal(served.scann_state.dataset.numpy(), stored)

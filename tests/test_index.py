@@ -6,6 +6,7 @@ from towerrec.export.index import (
     build_index,
     exact_top_k,
     recall_against_exact,
+    scann_search,
     scann_settings,
 )
 
@@ -42,12 +43,26 @@ def test_brute_force_index_is_exact(tmp_path):
 def test_partitioned_index_recall(tmp_path):
     items = normalized(30_000, 32, 2)
     queries = normalized(200, 32, 3)
-    settings = build_index(items, np.arange(30_000).astype(str), tmp_path / "index", k=10)
+    settings = build_index(items, np.arange(30_000).astype(str), tmp_path / "index",
+                           k=10).settings
     assert settings["mode"] == "tree_ah" and settings["num_leaves"] == 173
     index = Index(tmp_path / "index")
     ids, _ = index.search(queries, 10)
     recall = recall_against_exact(ids.astype(int), exact_top_k(queries, items, 10)[0])
     assert recall >= 0.9, recall
+
+
+def test_the_stored_searcher_is_the_built_one(tmp_path):
+    # What the exports hold (the state in memory) and what the run's index reloads from
+    # its files search alike, to the score.
+    items = normalized(25_000, 16, 6)
+    queries = normalized(100, 16, 7)
+    built = build_index(items, np.arange(25_000).astype(str), tmp_path / "index", k=10)
+    assert built.settings["mode"] == "tree_ah"
+    rows, scores = scann_search(built.state)(queries, 10)
+    ids, reloaded_scores = Index(tmp_path / "index").search(queries, 10)
+    np.testing.assert_array_equal(ids.astype(int), rows)
+    np.testing.assert_array_equal(reloaded_scores, scores)
 
 
 def test_rebuilding_replaces_the_index_whole(tmp_path):

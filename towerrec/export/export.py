@@ -122,23 +122,26 @@ def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
 
 def export_models(run, base_path: Path, k: Optional[int] = None,
                   models: Optional[List[str]] = None, stage_only: bool = False,
-                  candidate_embeddings: Optional[np.ndarray] = None) -> Dict[str, Path]:
+                  candidate_embeddings: Optional[np.ndarray] = None,
+                  scann_state=None) -> Dict[str, Path]:
     """Exports every model of `run` under `base_path`, one new version each, all staged
     first and then renamed into place, under the base path's lock (with `stage_only`, left
     staged for the caller, who holds the lock, to `publish` or `discard`).
     `ranker` and `recommender` need a trained ranker (`towerrec train-ranker`); without
     one they are skipped, with a message. `candidate_embeddings` [catalogue, d]: the
-    catalogue's, when computed elsewhere (embed-catalogue); else computed here."""
+    catalogue's, when computed elsewhere (embed-catalogue); else computed here.
+    `scann_state`: a ScaNN searcher built over them for these exports (`index_and_export`
+    shares the run index's); else one is built here."""
     base_path = Path(base_path)
     # The catalogue's lookup files live here until the SavedModels have copied them.
     with tempfile.TemporaryDirectory(prefix="towerrec-export-") as table_dir:
         return _export_models(run, base_path, Path(table_dir), k, models, stage_only,
-                              candidate_embeddings)
+                              candidate_embeddings, scann_state)
 
 
 def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
                    models: Optional[List[str]], stage_only: bool,
-                   embedded: Optional[np.ndarray]) -> Dict[str, Path]:
+                   embedded: Optional[np.ndarray], scann_state) -> Dict[str, Path]:
     from towerrec.evaluation.evaluate import candidate_embeddings
     from towerrec.export.graphs import (
         BruteForceRetrieval,
@@ -175,7 +178,7 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
         """One ScaNN searcher (built once: at a million items that takes minutes), shared
         by retrieval_scann and recommender_scann."""
         if not searchers:
-            searchers.append(ScannRetrieval(query, embeddings, k))
+            searchers.append(ScannRetrieval(query, embeddings, k, scann_state))
         return searchers[0]
 
     wanted = [m for m in MODELS if not models or m in models]
@@ -232,14 +235,19 @@ class IndexBuilt:
 def index_and_export(run, embeddings: np.ndarray,
                      model_base_path: Optional[Path] = None) -> IndexBuilt:
     """What `towerrec index` (and, given a base path, `towerrec export`) build, from the
-    catalogue's candidate embeddings [catalogue, d] (computed once, here or by Beam)."""
-    from towerrec.export.index import INDEX_DIR, build_index
+    catalogue's candidate embeddings [catalogue, d] (computed once, here or by Beam). One
+    ScaNN build serves both: the index's searcher is the one the exports' search, for as
+    many neighbours as they ask."""
+    from towerrec.export.index import INDEX_DIR, build_index, neighbours_searched
     from towerrec.training.prior import served_candidates
     from towerrec.training.train import check_finite
 
     embeddings = check_finite(embeddings, "catalogue embeddings")
-    index = build_index(served_candidates(run, embeddings), run.catalogue["item_id"],
-                        run.config.run_path / INDEX_DIR)
-    exports = (export_models(run, model_base_path, candidate_embeddings=embeddings)
+    k = neighbours_searched(run.config.ranker.retrieved, run.config.towers.history_length,
+                            len(embeddings))
+    built = build_index(served_candidates(run, embeddings), run.catalogue["item_id"],
+                        run.config.run_path / INDEX_DIR, k=k)
+    exports = (export_models(run, model_base_path, candidate_embeddings=embeddings,
+                             scann_state=built.state)
                if model_base_path else {})
-    return IndexBuilt(index, exports)
+    return IndexBuilt(built.settings, exports)

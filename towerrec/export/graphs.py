@@ -232,20 +232,25 @@ class ScannRetrieval(tf.Module):
     """Top-k through a ScaNN searcher (TF ops; the searcher state is saved with the model).
 
     It asks ScaNN for k + history_length neighbours, so that k remain once the items of
-    the request's history are dropped.
+    the request's history are dropped. `state`: a searcher already built over the same
+    embeddings (the run's index, `build_index`), else one is built here.
     """
 
-    def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int):
+    def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int, state=None):
         super().__init__()
-        from towerrec.export.index import scann_builder, scann_settings
+        from towerrec.export.index import build_scann_state, neighbours_searched, scann_settings
 
         self.query = query
         self.k = min(k, len(embeddings))
-        self.searched = min(self.k + query.history_length, len(embeddings))
-        settings = scann_settings(len(embeddings), k=self.searched)
+        self.searched = neighbours_searched(k, query.history_length, len(embeddings))
+        if state is None:
+            state = build_scann_state(embeddings, scann_settings(len(embeddings),
+                                                                 k=self.searched))
+        elif state.dataset.shape[:1] != (len(embeddings),):
+            raise ValueError(f"the ScaNN searcher given holds {state.dataset.shape[0]} items, "
+                             f"not the {len(embeddings)} of the embeddings")
         # The searcher's state as variables of this module, so that the SavedModel holds it.
-        self.scann_state = scann_builder(
-            embeddings, settings, tensorflow_ops=True).build().serialize_to_module()
+        self.scann_state = state
 
     def top_k(self, request):
         """(search vectors [n, d], catalogue rows [n, k], scores [n, k])."""

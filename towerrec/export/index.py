@@ -4,19 +4,27 @@ The ScaNN configuration follows the catalogue size, as ScaNN's own guidance has 
 (brute-force) scoring below ~20k items; above, partitioning into about sqrt(n) leaves,
 anisotropic asymmetric hashing (2 dimensions per block, threshold 0.2) and exact
 reordering of the best candidates.
+
+The searcher is ScaNN's TensorFlow-ops one, the kind a SavedModel holds: building it takes
+minutes at a million items, so the run's index and the exported `retrieval_scann` /
+`recommender_scann` share one build (`index_and_export`). Its state (`ScannState`'s
+tensors) is stored in the index folder, numbers as .npy files.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import towerrec  # noqa: F401  (the Keras 2 switch, before TensorFlow)
 from towerrec.evaluation.topk import DotScores, top_k_scores
 
 import numpy as np
+import tensorflow as tf
 
 BRUTE_FORCE_BELOW = 20_000
 INDEX_DIR = "index"
@@ -69,19 +77,90 @@ def recall_against_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
                           for a, e in zip(approximate, exact)]))
 
 
+def neighbours_searched(k: int, history_length: int, num_items: int) -> int:
+    """How many neighbours a served ScaNN search asks for: k more than the history's
+    length, so that k remain once the request's history is dropped."""
+    return min(min(k, num_items) + history_length, num_items)
+
+
+# ScannState's tensors, in the order its constructor takes them.
+SCANN_STATE = ("scann_config", "serialized_partitioner", "datapoint_to_token", "ah_codebook",
+               "hashed_dataset", "int8_dataset", "int8_multipliers", "dp_norms", "dataset")
+STATE_FILE = "scann_state.json"
+
+
+@dataclasses.dataclass
+class BuiltIndex:
+    """What `build_index` wrote: its settings (saved with it) and the searcher's state, a
+    tf.Module that an exported SavedModel can hold as it is."""
+    settings: dict
+    state: Any
+
+
+def build_scann_state(candidate_embeddings: np.ndarray, settings: dict):
+    """A TF-ops ScaNN searcher over [catalogue, d] built with `settings`, as its state
+    (scann_ops.ScannState: the variables a SavedModel saves)."""
+    return scann_builder(candidate_embeddings, settings,
+                         tensorflow_ops=True).build().serialize_to_module()
+
+
+def save_scann_state(state, folder: Path) -> None:
+    """ScannState -> files in `folder`: strings (configs, small) as serialized tensors,
+    numbers as .npy (a serialized tensor caps at 2 GB; the float dataset is ~1.5 GB at a
+    million items)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dtypes = {}
+    for name in SCANN_STATE:
+        value = tf.convert_to_tensor(getattr(state, name))
+        if value.dtype == tf.string:
+            tf.io.write_file(str(folder / f"{name}.pb"), tf.io.serialize_tensor(value))
+        else:
+            np.save(folder / f"{name}.npy", value.numpy())
+        dtypes[name] = value.dtype.name
+    (folder / STATE_FILE).write_text(json.dumps(dtypes, indent=2))
+
+
+def load_scann_state(folder: Path):
+    """`save_scann_state`'s files -> a ScannState."""
+    from scann.scann_ops.py import scann_ops
+
+    dtypes = json.loads((folder / STATE_FILE).read_text())
+    tensors = [tf.io.parse_tensor(tf.io.read_file(str(folder / f"{name}.pb")), tf.string)
+               if dtypes[name] == "string" else np.load(folder / f"{name}.npy")
+               for name in SCANN_STATE]
+    return scann_ops.ScannState(tensors)
+
+
+def scann_search(state):
+    """ScannState -> search(queries [n, d], k) -> (catalogue rows [n, k], scores [n, k]).
+    In a tf.function: the searcher the state recreates is a resource of the graph that
+    makes it (made eagerly, it is gone before the search), built on the first call and
+    kept by the function's kernels after it."""
+    from scann.scann_ops.py import scann_ops
+
+    @tf.function
+    def search(queries, k):
+        return scann_ops.searcher_from_module(state).search_batched(
+            queries, final_num_neighbors=k)
+
+    def run(queries: np.ndarray, k: int):
+        rows, scores = search(tf.constant(np.asarray(queries, np.float32)), k)
+        return rows.numpy(), scores.numpy()
+    return run
+
+
 def build_index(candidate_embeddings: np.ndarray, item_ids, directory: Path,
-                k: int = 100) -> dict:
-    """Writes embeddings, ids, the serialized ScaNN searcher and its settings; atomic."""
+                k: int = 100) -> BuiltIndex:
+    """Builds the ScaNN searcher for top-`k` searches and writes it with the embeddings,
+    ids and settings; atomic."""
     directory = Path(directory)
     settings = scann_settings(len(candidate_embeddings), k)
     started = time.time()
-    searcher = scann_builder(candidate_embeddings, settings).build()
+    state = build_scann_state(candidate_embeddings, settings)
     settings["build_seconds"] = round(time.time() - started, 3)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "scann").mkdir(parents=True)
-    # Relative asset paths: the folder is renamed into place after this.
-    searcher.serialize(str(tmp / "scann"), relative_path=True)
+    save_scann_state(state, tmp / "scann")
     np.save(tmp / "candidate_embeddings.npy", candidate_embeddings.astype(np.float32))
     (tmp / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -90,28 +169,26 @@ def build_index(candidate_embeddings: np.ndarray, item_ids, directory: Path,
         directory.rename(old)
     tmp.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
-    return settings
+    return BuiltIndex(settings, state)
 
 
 class Index:
     """A built index: ScaNN search and exact brute force over the same embeddings."""
 
     def __init__(self, directory: Path):
-        from scann.scann_ops.py import scann_ops_pybind
-
         directory = Path(directory)
-        if not (directory / "settings.json").exists():
-            raise FileNotFoundError(f"no index in {directory}: run `towerrec index` first")
+        if not (directory / "scann" / STATE_FILE).exists():
+            raise FileNotFoundError(f"no index in {directory} (or one of an older towerrec): "
+                                    f"run `towerrec index` first")
         self.settings = json.loads((directory / "settings.json").read_text())
         self.embeddings = np.load(directory / "candidate_embeddings.npy")
         self.item_ids = np.array(json.loads((directory / "item_ids.json").read_text()),
                                  dtype=object)
-        self.searcher = scann_ops_pybind.load_searcher(str(directory / "scann"))
+        self.searcher = scann_search(load_scann_state(directory / "scann"))
 
     def search(self, queries: np.ndarray, k: int = 10):
         """[n, dim] -> (item ids [n, k], scores [n, k]) from ScaNN."""
-        rows, scores = self.searcher.search_batched(
-            np.ascontiguousarray(queries, np.float32), final_num_neighbors=k)
+        rows, scores = self.searcher(queries, k)
         return self.item_ids[rows], scores
 
     def brute_force(self, queries: np.ndarray, k: int = 10):
