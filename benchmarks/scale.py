@@ -1082,15 +1082,13 @@ def compare_with_exact(index, queries) -> dict:
         blas = [f"{p['internal_api']} {p.get('version')} ({p['num_threads']} thread)"
                 for p in threadpool_info()]
         (exact, _), exact_seconds = timed(lambda: exact_top_k(queries, items, K), repeats=2)
-        index.searcher.set_num_threads(1)
         default = index.settings.get("num_leaves_to_search")
         leaves = [None] if default is None else sorted(
             {default, max(1, default // 2), default * 2, default * 4})
         sweep = []
-        for count in leaves:
-            extra = {} if count is None else {"leaves_to_search": count}
-            (found, _), seconds = timed(lambda extra=extra: index.searcher.search_batched(
-                queries, final_num_neighbors=K, **extra), repeats=2)
+        for count in leaves:  # Index.rows searches on one thread
+            (found, _), seconds = timed(lambda count=count: index.rows(
+                queries, K, leaves_to_search=count), repeats=2)
             sweep.append({"leaves": count, "default": count == default,
                           "recall_at_10": recall_against_exact(np.asarray(found), exact),
                           "qps": len(queries) / seconds})

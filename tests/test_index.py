@@ -70,3 +70,24 @@ def test_rebuilding_replaces_the_index_whole(tmp_path):
     build_index(normalized(120, 8, 5), np.arange(120).astype(str), tmp_path / "index")
     assert len(Index(tmp_path / "index").item_ids) == 120
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_the_scale_benchmark_sweeps_the_index_it_built(tmp_path):
+    # benchmarks/scale.py's ScaNN step: the run's index at its own setting and around it.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+    spec = importlib.util.spec_from_file_location("scale_benchmark_index", path)
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    items = normalized(25_000, 16, 8)
+    settings = build_index(items, np.arange(25_000).astype(str), tmp_path / "index",
+                           k=10).settings
+    result = scale.compare_with_exact(Index(tmp_path / "index"), normalized(200, 16, 9))
+    default = settings["num_leaves_to_search"]
+    assert [r["leaves"] for r in result["sweep"]] == [default // 2, default, 2 * default,
+                                                      4 * default]
+    assert [r["default"] for r in result["sweep"]] == [False, True, False, False]
+    recalls = [r["recall_at_10"] for r in result["sweep"]]
+    assert recalls == sorted(recalls) and result["recall_at_10"] >= 0.9, recalls

@@ -34,10 +34,14 @@ def _free_ports(n: int):
     of other tests' servers land: one could take a port between this check and the
     workers' bind), in a block of this pytest-xdist worker's own."""
     ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    low, high = (map(int, ephemeral.read_text().split()) if ephemeral.exists()
+                 else (32768, 60999))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw") or 0)
     block = 200
-    start = max(1024, low - block * (worker + 1))
+    start = low - block * (worker + 1)
+    if start < 1024:  # a range that starts low: the blocks go above it
+        start = high + 1 + block * worker
+    assert start + block <= 65536, f"no port block outside the ephemeral range {low}-{high}"
     ports = []
     for port in range(start, start + block):
         with socket.socket() as s:

@@ -45,7 +45,14 @@ def model(negatives):
                          remove_accidental_hits=True, negatives=negatives)
 
 
+# Per step, at tracing: whether the replica's whole loss (softmax included) is one
+# compiled function, or the towers alone are.
+whole_loss_compiled = []
+
+
 def step(model, batch):
+    whole_loss_compiled.append(
+        isinstance(model._compiled_loss(), tf.types.experimental.GenericFunction))
     loss, _, gradients = model.loss_and_gradients(batch)
     return loss, gradients
 
@@ -76,11 +83,13 @@ def mirrored(negatives, xla):
 result = {}
 for name, xla in (("one_device", False), ("one_device_xla", True)):
     loss, gradients = one_device(xla)
-    result[name] = {"loss": loss, "gradients": gradients}
+    result[name] = {"loss": loss, "gradients": gradients,
+                    "whole_loss_compiled": whole_loss_compiled[-1]}
 for negatives, xla in (("global", False), ("global", True), ("replica", False),
                        ("replica", True)):
     loss, gradients = mirrored(negatives, xla)
-    result[f"{negatives}{'_xla' if xla else ''}"] = {"loss": loss, "gradients": gradients}
+    result[f"{negatives}{'_xla' if xla else ''}"] = {
+        "loss": loss, "gradients": gradients, "whole_loss_compiled": whole_loss_compiled[-1]}
 print(json.dumps(result))
 """
 
@@ -108,7 +117,13 @@ def test_global_negatives_over_two_replicas_equal_one_device(two_replicas, name)
                                        ("replica_xla", "replica")])
 def test_the_softmax_compiled_with_the_towers_takes_the_same_step(two_replicas, xla, plain):
     # Without a cross-replica gather, XLA compiles the softmax with the towers.
+    assert two_replicas[xla]["whole_loss_compiled"]
     _assert_same_step(two_replicas[xla], two_replicas[plain])
+
+
+def test_with_global_negatives_over_replicas_xla_compiles_the_towers_only(two_replicas):
+    assert not two_replicas["global_xla"]["whole_loss_compiled"]
+    assert not two_replicas["one_device"]["whole_loss_compiled"]  # XLA off
 
 
 def test_per_replica_negatives_score_fewer_candidates(two_replicas):

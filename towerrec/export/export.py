@@ -123,25 +123,25 @@ def example_requests(run) -> Dict[str, Dict[str, np.ndarray]]:
 def export_models(run, base_path: Path, k: Optional[int] = None,
                   models: Optional[List[str]] = None, stage_only: bool = False,
                   candidate_embeddings: Optional[np.ndarray] = None,
-                  scann_state=None) -> Dict[str, Path]:
+                  index=None) -> Dict[str, Path]:
     """Exports every model of `run` under `base_path`, one new version each, all staged
     first and then renamed into place, under the base path's lock (with `stage_only`, left
     staged for the caller, who holds the lock, to `publish` or `discard`).
     `ranker` and `recommender` need a trained ranker (`towerrec train-ranker`); without
     one they are skipped, with a message. `candidate_embeddings` [catalogue, d]: the
     catalogue's, when computed elsewhere (embed-catalogue); else computed here.
-    `scann_state`: a ScaNN searcher built over them for these exports (`index_and_export`
-    shares the run index's); else one is built here."""
+    `index`: the run's index built over them (a BuiltIndex, `index_and_export`), whose
+    ScaNN searcher the ScaNN exports then hold; else one is built here."""
     base_path = Path(base_path)
     # The catalogue's lookup files live here until the SavedModels have copied them.
     with tempfile.TemporaryDirectory(prefix="towerrec-export-") as table_dir:
         return _export_models(run, base_path, Path(table_dir), k, models, stage_only,
-                              candidate_embeddings, scann_state)
+                              candidate_embeddings, index)
 
 
 def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
                    models: Optional[List[str]], stage_only: bool,
-                   embedded: Optional[np.ndarray], scann_state) -> Dict[str, Path]:
+                   embedded: Optional[np.ndarray], index) -> Dict[str, Path]:
     from towerrec.evaluation.evaluate import candidate_embeddings
     from towerrec.export.graphs import (
         BruteForceRetrieval,
@@ -178,7 +178,7 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
         """One ScaNN searcher (built once: at a million items that takes minutes), shared
         by retrieval_scann and recommender_scann."""
         if not searchers:
-            searchers.append(ScannRetrieval(query, embeddings, k, scann_state))
+            searchers.append(ScannRetrieval(query, embeddings, k, index))
         return searchers[0]
 
     wanted = [m for m in MODELS if not models or m in models]
@@ -248,6 +248,6 @@ def index_and_export(run, embeddings: np.ndarray,
     built = build_index(served_candidates(run, embeddings), run.catalogue["item_id"],
                         run.config.run_path / INDEX_DIR, k=k)
     exports = (export_models(run, model_base_path, candidate_embeddings=embeddings,
-                             scann_state=built.state)
+                             index=built)
                if model_base_path else {})
     return IndexBuilt(built.settings, exports)

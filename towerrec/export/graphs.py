@@ -232,23 +232,27 @@ class ScannRetrieval(tf.Module):
     """Top-k through a ScaNN searcher (TF ops; the searcher state is saved with the model).
 
     It asks ScaNN for k + history_length neighbours, so that k remain once the items of
-    the request's history are dropped. `state`: a searcher already built over the same
-    embeddings (the run's index, `build_index`), else one is built here.
+    the request's history are dropped. `built`: the run's index (`build_index`'s
+    BuiltIndex) over the same embeddings, whose searcher it holds; else one is built here.
     """
 
-    def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int, state=None):
+    def __init__(self, query: QueryModel, embeddings: np.ndarray, k: int, built=None):
         super().__init__()
         from towerrec.export.index import build_scann_state, neighbours_searched, scann_settings
 
         self.query = query
         self.k = min(k, len(embeddings))
         self.searched = neighbours_searched(k, query.history_length, len(embeddings))
-        if state is None:
+        if built is None:
             state = build_scann_state(embeddings, scann_settings(len(embeddings),
                                                                  k=self.searched))
-        elif state.dataset.shape[:1] != (len(embeddings),):
-            raise ValueError(f"the ScaNN searcher given holds {state.dataset.shape[0]} items, "
-                             f"not the {len(embeddings)} of the embeddings")
+        else:
+            state, items = built.state, int(tf.shape(built.state.dataset)[0])
+            if items != len(embeddings) or built.settings["k"] < self.searched:
+                raise ValueError(
+                    f"the index's ScaNN searcher ({items} items, built for "
+                    f"{built.settings['k']} neighbours) cannot serve {len(embeddings)} "
+                    f"items at {self.searched} neighbours")
         # The searcher's state as variables of this module, so that the SavedModel holds it.
         self.scann_state = state
 

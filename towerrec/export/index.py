@@ -5,9 +5,9 @@ The ScaNN configuration follows the catalogue size, as ScaNN's own guidance has 
 anisotropic asymmetric hashing (2 dimensions per block, threshold 0.2) and exact
 reordering of the best candidates.
 
-The searcher is ScaNN's TensorFlow-ops one, the kind a SavedModel holds: building it takes
-minutes at a million items, so the run's index and the exported `retrieval_scann` /
-`recommender_scann` share one build (`index_and_export`). Its state (`ScannState`'s
+The searcher is ScaNN's TensorFlow-ops one, the kind a SavedModel holds, so that the run's
+index and the exported `retrieval_scann` / `recommender_scann` share one build
+(`index_and_export`). Its state (`ScannState`'s
 tensors) is stored in the index folder, numbers as .npy files.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -100,14 +101,18 @@ class BuiltIndex:
 def build_scann_state(candidate_embeddings: np.ndarray, settings: dict):
     """A TF-ops ScaNN searcher over [catalogue, d] built with `settings`, as its state
     (scann_ops.ScannState: the variables a SavedModel saves)."""
-    return scann_builder(candidate_embeddings, settings,
-                         tensorflow_ops=True).build().serialize_to_module()
+    searcher = scann_builder(candidate_embeddings, settings, tensorflow_ops=True).build()
+    state = searcher.serialize_to_module()
+    # The builder's searcher is a resource under a random name, which TensorFlow would
+    # keep for the process's life (a copy of the catalogue per build).
+    tf.raw_ops.DestroyResourceOp(resource=searcher.searcher_handle, ignore_lookup_error=True)
+    return state
 
 
 def save_scann_state(state, folder: Path) -> None:
     """ScannState -> files in `folder`: strings (configs, small) as serialized tensors,
-    numbers as .npy (a serialized tensor caps at 2 GB; the float dataset is ~1.5 GB at a
-    million items)."""
+    numbers as .npy (a serialized tensor caps at 2 GB, which a big catalogue's float
+    dataset can pass)."""
     folder.mkdir(parents=True, exist_ok=True)
     dtypes = {}
     for name in SCANN_STATE:
@@ -132,19 +137,23 @@ def load_scann_state(folder: Path):
 
 
 def scann_search(state):
-    """ScannState -> search(queries [n, d], k) -> (catalogue rows [n, k], scores [n, k]).
-    In a tf.function: the searcher the state recreates is a resource of the graph that
-    makes it (made eagerly, it is gone before the search), built on the first call and
-    kept by the function's kernels after it."""
+    """ScannState -> search(queries [n, d], k, leaves_to_search=None) -> (catalogue rows
+    [n, k], scores [n, k]), on one thread. One tf.function of a fixed signature: the
+    searcher the state recreates is a resource its kernel builds on the first call and
+    keeps; a trace per query shape would build and keep one more each."""
     from scann.scann_ops.py import scann_ops
 
-    @tf.function
-    def search(queries, k):
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32),
+                                  tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)])
+    def search(queries, k, leaves):
         return scann_ops.searcher_from_module(state).search_batched(
-            queries, final_num_neighbors=k)
+            queries, final_num_neighbors=k, leaves_to_search=leaves)
 
-    def run(queries: np.ndarray, k: int):
-        rows, scores = search(tf.constant(np.asarray(queries, np.float32)), k)
+    def run(queries: np.ndarray, k: int, leaves_to_search: Optional[int] = None):
+        rows, scores = search(tf.constant(np.asarray(queries, np.float32)),
+                              tf.constant(k, tf.int32),
+                              tf.constant(-1 if leaves_to_search is None
+                                          else leaves_to_search, tf.int32))
         return rows.numpy(), scores.numpy()
     return run
 
@@ -158,13 +167,15 @@ def build_index(candidate_embeddings: np.ndarray, item_ids, directory: Path,
     started = time.time()
     state = build_scann_state(candidate_embeddings, settings)
     settings["build_seconds"] = round(time.time() - started, 3)
-    tmp = directory.with_name(directory.name + ".tmp")
+    # Folders of this process's own: two builds at once do not clear each other's.
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_scann_state(state, tmp / "scann")
     np.save(tmp / "candidate_embeddings.npy", candidate_embeddings.astype(np.float32))
     (tmp / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2))
-    old = directory.with_name(directory.name + ".old")
+    old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
@@ -184,11 +195,11 @@ class Index:
         self.embeddings = np.load(directory / "candidate_embeddings.npy")
         self.item_ids = np.array(json.loads((directory / "item_ids.json").read_text()),
                                  dtype=object)
-        self.searcher = scann_search(load_scann_state(directory / "scann"))
+        self.rows = scann_search(load_scann_state(directory / "scann"))
 
     def search(self, queries: np.ndarray, k: int = 10):
         """[n, dim] -> (item ids [n, k], scores [n, k]) from ScaNN."""
-        rows, scores = self.searcher(queries, k)
+        rows, scores = self.rows(queries, k)
         return self.item_ids[rows], scores
 
     def brute_force(self, queries: np.ndarray, k: int = 10):

@@ -30,8 +30,8 @@ def _train(args) -> int:
     calibrate_prior(run)
     if run.config.run_path != config.run_path:  # a worker that is not the chief
         print(f"trained in {time.time() - started:.0f}s as a worker; the chief wrote the run "
-              f"({config.run_path}); this worker removed its own copy but for its encoder "
-              f"cache ({run.config.run_path / 'encoder'})")
+              f"({config.run_path}); this worker removed its own copy "
+              f"({run.config.run_path}) but for its encoder folder")
         return 0
     print(f"trained in {time.time() - started:.0f}s; model in {config.run_path / 'model'}, "
           f"TensorBoard logs in {config.run_path / 'logs'}")

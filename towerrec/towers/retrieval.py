@@ -97,7 +97,7 @@ class TwoTowerModel(tfrs.Model):
         self.xla = xla
 
     def train_step(self, features):
-        """tfrs's training step, with the towers compiled as `compile` says."""
+        """tfrs's training step, with the loss compiled as `compile` says."""
         loss, regularization_loss, gradients = self.loss_and_gradients(features)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return {"loss": loss, "regularization_loss": regularization_loss,

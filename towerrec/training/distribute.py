@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -110,14 +111,22 @@ WORKER_KEEPS = ("encoder",)
 def discard_worker_copy(own: Path) -> None:
     """Removes a non-chief worker's copy of the run (`worker_paths`) but WORKER_KEEPS: it
     wrote it only because saving is a collective step, and restarts restore from the
-    chief's backup, not from it."""
-    for part in Path(own).iterdir() if Path(own).is_dir() else ():
-        if part.name in WORKER_KEEPS:
-            continue
-        if part.is_dir() and not part.is_symlink():
-            shutil.rmtree(part)
-        else:
-            part.unlink()
+    chief's backup, not from it. What cannot be removed is left, with a warning: the
+    training it follows succeeded."""
+    own = Path(own)
+    if not own.is_dir():
+        return
+    try:
+        for part in own.iterdir():
+            if part.name in WORKER_KEEPS:
+                continue
+            if part.is_dir() and not part.is_symlink():
+                shutil.rmtree(part)
+            else:
+                part.unlink()
+    except OSError as e:
+        logging.getLogger("towerrec.steps").warning(
+            f"this worker's copy of the run ({own}) was not removed: {e}")
 
 
 def _tpu_resolver() -> Optional[tf.distribute.cluster_resolver.TPUClusterResolver]:
