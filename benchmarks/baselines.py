@@ -36,7 +36,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -116,24 +116,25 @@ def popularity(run: Run) -> Grid:
     return {"": lambda: lambda q: DotScores(np.ones([len(q), 1], np.float32), counts[:, None])}
 
 
-def recent_popularity(run: Run) -> Grid:
-    """Each item's share of the interactions before the query's time, each counting
-    0.5 ** (age / half-life): what towerrec's item prior is alone."""
+def prior_alone(run: Run, half_life: Optional[float]) -> Scorer:
+    """Each item's share of the training interactions before the query's time, each
+    counting 0.5 ** (age / half-life) (a null half-life: 1): towerrec's item prior alone."""
     train = run.splits["train"]
+    settings = PriorSettings(half_life, 1.0, 1.0, new_item_quantile=0.0)
 
-    def fit(half_life) -> Scorer:
-        settings = PriorSettings(half_life, 1.0, 1.0, new_item_quantile=0.0)
+    def score(q: Queries) -> PriorScores:
+        starts, bucket = request_buckets(q.time, len(q), len(run.catalogue["item_id"]),
+                                         serving_time(train))
+        prior = item_log_prior(train, run.catalogue["item_id"], starts, settings)
+        return PriorScores(np.zeros([len(q), 1]), np.zeros([prior.shape[1], 1]),
+                           np.ones(len(q)), prior, bucket)
+    return score
 
-        def score(q: Queries) -> PriorScores:
-            starts, bucket = request_buckets(q.time, len(q), len(run.catalogue["item_id"]),
-                                             serving_time(train))
-            prior = item_log_prior(train, run.catalogue["item_id"], starts, settings)
-            return PriorScores(np.zeros([len(q), 1]), np.zeros([prior.shape[1], 1]),
-                               np.ones(len(q)), prior, bucket)
-        return score
 
-    return {f"half-life {h:g} days": (lambda h=h: fit(h)) for h in HALF_LIVES_DAYS
-            if h is not None}
+def recent_popularity(run: Run) -> Grid:
+    """Recent popularity before the query's time (`prior_alone`), the half-life tuned."""
+    return {f"half-life {h:g} days": (lambda h=h: prior_alone(run, h))
+            for h in HALF_LIVES_DAYS if h is not None}
 
 
 def als(run: Run) -> Grid:
