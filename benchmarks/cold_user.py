@@ -49,7 +49,7 @@ from towerrec.evaluation.evaluate import (  # noqa: E402
 )
 from towerrec.pipelines.cli import log_pipeline_steps  # noqa: E402
 from towerrec.training.calibrate import HALF_LIVES_DAYS, WEIGHTS, calibrate_prior  # noqa: E402
-from towerrec.training.prior import PriorSettings  # noqa: E402
+from towerrec.training.prior import NO_PRIOR, PriorSettings  # noqa: E402
 from towerrec.training.run import Run, load_run  # noqa: E402
 from towerrec.training.train import train  # noqa: E402
 
@@ -101,7 +101,7 @@ def measure(run: Run) -> Dict[str, dict]:
         metrics = evaluate_scores(scores, asked)
         return {"value": metrics[METRIC], "se": metrics[f"{METRIC}_se"], "note": note}
 
-    tower_alone = dataclasses.replace(run, prior=PriorSettings(None, 0.0, 0.0, 0.0))
+    tower_alone = dataclasses.replace(run, prior=NO_PRIOR)
     best = best_prior(run, queries, candidates, embeddings)
     return {
         BASELINE: scored(popularity(run)[""]()(queries)),

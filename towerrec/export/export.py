@@ -175,8 +175,8 @@ def _export_models(run, base_path: Path, table_dir: Path, k: Optional[int],
     searchers: List[ScannRetrieval] = []
 
     def scann():
-        """One ScaNN searcher (built once: at a million items that takes minutes), shared
-        by retrieval_scann and recommender_scann."""
+        """One ScaNN searcher, shared by retrieval_scann and recommender_scann (the run's
+        index's when given one: a build is the costly step of a big catalogue)."""
         if not searchers:
             searchers.append(ScannRetrieval(query, embeddings, k, index))
         return searchers[0]
@@ -236,7 +236,7 @@ def index_and_export(run, embeddings: np.ndarray,
                      model_base_path: Optional[Path] = None) -> IndexBuilt:
     """What `towerrec index` (and, given a base path, `towerrec export`) build, from the
     catalogue's candidate embeddings [catalogue, d] (computed once, here or by Beam). One
-    ScaNN build serves both: the index's searcher is the one the exports' search, for as
+    ScaNN build serves both: the exports search with the index's searcher, built for as
     many neighbours as they ask."""
     from towerrec.export.index import INDEX_DIR, build_index, neighbours_searched
     from towerrec.training.prior import served_candidates
